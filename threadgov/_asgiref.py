@@ -1,0 +1,153 @@
+"""Routing asgiref's thread choices to the pool: every asgiref version difference lives here.
+
+asgiref's ``SyncToAsync`` picks a thread for a thread-sensitive call, first match wins:
+
+1. an outer ``async_to_sync``'s ``CurrentThreadExecutor`` (nesting): left alone, it runs on the
+   waiting thread and needs none of ours;
+2. the current ``ThreadSensitiveContext``: ``SyncToAsync.context_to_thread_executor[context]``
+   (3.8 to 3.13 alike). That map is replaced by :class:`ContextLanes`, which hands each context a
+   governed lane; its ``pop()`` at context exit releases the lane and returns no executor, so
+   asgiref starts no join thread (3.13) and shuts nothing down on the loop (3.8). An executor given
+   with ``ThreadSensitiveContext(executor=...)`` (3.13) is stored and honoured as is;
+3. ``SyncToAsync.single_thread_executor`` (outside any context): replaced by a sticky lane, so all
+   such calls still share one thread, one of the pool's.
+
+Non-sensitive calls go to the loop's default executor, which becomes the pool's
+:class:`~threadgov._pool.SharedExecutor` on every loop that makes a governed call (and on the loop
+running when ``install()`` is called).
+"""
+
+import asyncio
+import threading
+import weakref
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Callable, Dict, Optional
+
+from asgiref.sync import AsyncToSync, SyncToAsync
+
+from ._pool import Lane, Pool, SharedExecutor
+
+__all__ = ["Routing", "waiting_thread_executor"]
+
+
+def waiting_thread_executor() -> Optional[Executor]:
+    """The executor of a thread blocked in ``async_to_sync`` above the caller, if any."""
+    return getattr(AsyncToSync.executors, "current", None)
+
+
+class ContextLanes(weakref.WeakKeyDictionary):
+    """Stands in for ``SyncToAsync.context_to_thread_executor``: every context has a lane."""
+
+    def __init__(self, new_lane: Callable[[], Lane], on_call: Callable[[], None]):
+        super().__init__()  # holds executors given with ThreadSensitiveContext(executor=...)
+        self._new_lane = new_lane
+        self._on_call = on_call
+        self._lock = threading.Lock()
+        self._lanes: Dict[weakref.ref, Lane] = {}  # guarded by _lock for inserts and removals
+
+    def __contains__(self, context) -> bool:
+        return True
+
+    def __getitem__(self, context) -> Executor:
+        self._on_call()
+        if self.data:
+            executor = self.get(context)
+            if executor is not None:
+                return executor
+        lane = self._lanes.get(weakref.ref(context))
+        if lane is None:
+            with self._lock:
+                key = weakref.ref(context, self._context_gone)
+                lane = self._lanes.get(key)
+                if lane is None:
+                    lane = self._lanes[key] = self._new_lane()
+        return lane
+
+    def pop(self, context, *default):
+        with self._lock:
+            lane = self._lanes.pop(weakref.ref(context), None)
+        if lane is not None:
+            lane.release()
+        return super().pop(context, *default)
+
+    def _context_gone(self, ref: weakref.ref) -> None:
+        # A context collected without exiting (its task was dropped): free its worker all the same.
+        with self._lock:
+            lane = self._lanes.pop(ref, None)
+        if lane is not None:
+            lane.release()
+
+    def release_all(self) -> None:
+        with self._lock:
+            lanes = list(self._lanes.values())
+            self._lanes.clear()
+        for lane in lanes:
+            lane.release()
+
+
+class _SharedLane(Lane):
+    """The lane that stands in for asgiref's process-wide single thread."""
+
+    def __init__(self, pool: Pool, on_call: Callable[[], None]):
+        super().__init__(pool, sticky=True)
+        self._on_call = on_call
+
+    def submit(self, fn, /, *args, **kwargs):
+        self._on_call()
+        return super().submit(fn, *args, **kwargs)
+
+
+class Routing:
+    """Installs and removes the pool in asgiref and on event loops."""
+
+    def __init__(self, pool: Pool, *, sticky: bool):
+        self._shared = SharedExecutor(pool)
+        self._contexts = ContextLanes(lambda: pool.lane(sticky=sticky), self.adopt_running_loop)
+        self._single = _SharedLane(pool, self.adopt_running_loop)
+        self._saved: Optional[tuple] = None
+        self._loops_lock = threading.Lock()
+        # Loops whose default executor is ours -> the one they had before (None: asyncio's lazy one).
+        self._loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Optional[Executor]]" = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last_loop: Optional[weakref.ref] = None
+
+    def install(self) -> None:
+        self._saved = (SyncToAsync.context_to_thread_executor, SyncToAsync.single_thread_executor)
+        SyncToAsync.context_to_thread_executor = self._contexts
+        SyncToAsync.single_thread_executor = self._single
+        self.adopt_running_loop()
+
+    def uninstall(self) -> None:
+        if self._saved is None:
+            return
+        SyncToAsync.context_to_thread_executor, SyncToAsync.single_thread_executor = self._saved
+        self._saved = None
+        self._contexts.release_all()
+        self._single.release()
+        with self._loops_lock:
+            loops, self._loops = list(self._loops.items()), weakref.WeakKeyDictionary()
+        for loop, previous in loops:
+            if loop.is_closed() or getattr(loop, "_default_executor", self._shared) is not self._shared:
+                continue
+            if previous is None:
+                # What asyncio itself would create on first use.
+                previous = ThreadPoolExecutor(thread_name_prefix="asyncio")
+            loop.set_default_executor(previous)
+
+    def adopt_running_loop(self) -> None:
+        """Make the pool the default executor of the running loop (once per loop)."""
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return
+        last = self._last_loop
+        if last is not None and last() is loop:
+            return
+        with self._loops_lock:
+            if loop not in self._loops and self._saved is not None:
+                self._loops[loop] = getattr(loop, "_default_executor", None)
+                loop.set_default_executor(self._shared)
+        try:
+            self._last_loop = weakref.ref(loop)
+        except TypeError:  # a loop type without weak references: compare on every call
+            self._last_loop = None

@@ -1,0 +1,506 @@
+"""The bounded worker pool, and the lanes that give a caller affinity to one of its threads.
+
+Two kinds of work reach the pool:
+
+* **lane items**: thread-sensitive calls. A :class:`Lane` is a serial executor (one call at a time, in
+  submission order). The first call of an idle lane leases a worker; a *sticky* lane keeps that worker
+  until the lane is released, a non-sticky one gives it back as soon as its queue is empty.
+* **shared items**: calls with no affinity (``thread_sensitive=False``, the loop's default executor).
+
+Scheduling, all under one lock:
+
+* a lane item goes to the lane's worker if it has one; else a free idle worker is leased, or a new
+  thread is started while fewer than ``size`` exist, or the lane waits in FIFO order;
+* a shared item goes to a free idle worker, else a new thread, else an idle *leased* worker (whose
+  lane has nothing to run: so contexts that hold every worker cannot starve non-sensitive work), else
+  it waits in FIFO order;
+* a worker that finishes a call runs its lane's next item, else (if free) the oldest waiting lane or
+  shared item, else (if leased) the oldest shared item, else it parks.
+
+A queued item whose future was cancelled never runs.
+"""
+
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Callable, Deque, Dict, List, Optional
+
+from ._stats import SampleWindow
+
+__all__ = ["Pool", "Lane", "SharedExecutor"]
+
+logger = logging.getLogger("threadgov")
+
+
+class _WorkItem:
+    __slots__ = ("future", "fn", "args", "kwargs", "enqueued", "_token")
+
+    def __init__(self, future: Future, fn: Callable, args: tuple, kwargs: dict, enqueued: float):
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.enqueued = enqueued
+        # Popped by whichever thread runs the item first (list.pop is atomic).
+        self._token = [True]
+
+    def claim(self) -> bool:
+        try:
+            self._token.pop()
+        except IndexError:
+            return False
+        return True
+
+    def run(self) -> Optional[bool]:
+        """Run the call; True if it raised, False if it returned, None if it was cancelled."""
+        if not self.future.set_running_or_notify_cancel():
+            return None
+        try:
+            result = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.future.set_exception(exc)
+            # Break the reference cycle through the traceback.
+            self = None  # noqa: F841
+            return True
+        self.future.set_result(result)
+        return False
+
+
+class _Worker:
+    # Every field is guarded by the pool's lock.
+    __slots__ = ("index", "thread", "wakeup", "lane", "handoff", "parked", "busy", "db_aliases")
+
+    def __init__(self, index: int, lock: threading.Lock):
+        self.index = index
+        self.thread: Optional[threading.Thread] = None
+        self.wakeup = threading.Condition(lock)
+        self.lane: Optional["Lane"] = None
+        self.handoff: Optional[_WorkItem] = None
+        self.parked = False
+        self.busy = False
+        self.db_aliases: tuple = ()
+
+
+class Lane(Executor):
+    """A serial executor whose calls all run on one pool worker while it holds a lease.
+
+    ``sticky`` lanes keep their worker between calls until :meth:`release`; others give it back
+    whenever their queue is empty.
+    """
+
+    def __init__(self, pool: "Pool", *, sticky: bool):
+        self._pool = pool
+        self.sticky = sticky
+        # Guarded by the pool's lock:
+        self.items: Deque[_WorkItem] = deque()
+        self.worker: Optional[_Worker] = None
+        self.waiting = False
+        self.released = False
+        self.seq = 0
+        # Used only once the pool has shut down (stock behaviour: one thread per lane).
+        self._fallback: Optional[ThreadPoolExecutor] = None
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future = self._pool._submit_lane(self, fn, args, kwargs)
+        if future is None:
+            if self._fallback is None:
+                self._fallback = ThreadPoolExecutor(max_workers=1)
+            future = self._fallback.submit(fn, *args, **kwargs)
+        return future
+
+    def release(self) -> None:
+        """End the lease: calls already submitted still run, in order, then the worker is freed."""
+        self._pool._release_lane(self)
+        if self._fallback is not None:
+            self._fallback.shutdown(wait=False)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # asgiref never shuts a governed lane down; a lane ends with release().
+        pass
+
+
+class SharedExecutor(ThreadPoolExecutor):
+    """The pool seen as a ``ThreadPoolExecutor``, for ``loop.set_default_executor()``.
+
+    It starts no threads of its own; ``shutdown()`` (called when a loop closes) leaves the pool alone.
+    """
+
+    def __init__(self, pool: "Pool"):  # no super().__init__(): this facade owns no threads
+        self._pool = pool
+        self._max_workers = pool.size
+        self._fallback: Optional[ThreadPoolExecutor] = None
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future = self._pool._submit_shared(fn, args, kwargs)
+        if future is None:
+            if self._fallback is None:
+                self._fallback = ThreadPoolExecutor(thread_name_prefix="asyncio")
+            future = self._fallback.submit(fn, *args, **kwargs)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._fallback is not None:
+            self._fallback.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+class _Hooks:
+    """What a worker does around each call and when it exits; the default does nothing."""
+
+    def before_call(self) -> None:
+        pass
+
+    def after_call(self) -> tuple:
+        """Return the database aliases with an open connection on this thread."""
+        return ()
+
+    def thread_exit(self) -> None:
+        pass
+
+
+class Pool:
+    """At most ``size`` worker threads, started lazily, named ``<name>-<i>``."""
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        name: str = "threadgov",
+        hooks: Optional[_Hooks] = None,
+        clock: Callable[[], float] = time.perf_counter,
+        nested_executor: Callable[[], Optional[Executor]] = lambda: None,
+    ):
+        self.size = size
+        self._name = name
+        self._hooks = hooks or _Hooks()
+        self._clock = clock
+        # Finds an executor of a thread that is blocked waiting for the caller (asgiref's
+        # CurrentThreadExecutor); a queued shared item may run there rather than wait.
+        self._nested_executor = nested_executor
+        self._lock = threading.Lock()
+        self._indexes = itertools.count(1)
+        self._seqs = itertools.count()
+        # Everything below is guarded by _lock.
+        self._workers: List[_Worker] = []
+        self._idle_free: Dict[_Worker, None] = {}  # parked, no lane; popitem() reuses the last parked
+        self._idle_leased: Dict[_Worker, None] = {}  # parked, lane has nothing to run
+        self._shared: Deque[tuple] = deque()  # (seq, item)
+        self._waiting_lanes: Deque[Lane] = deque()
+        self._closing = False
+        self._queued = 0
+        self._busy = 0
+        self._leased = 0
+        self.peak_busy = 0
+        self.peak_queued = 0
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.wait_times = SampleWindow()
+        self.run_times = SampleWindow()
+
+    # -- submission (any thread; usually an event loop) ------------------------------------------
+
+    def lane(self, *, sticky: bool) -> Lane:
+        return Lane(self, sticky=sticky)
+
+    def _submit_lane(self, lane: Lane, fn, args, kwargs) -> Optional[Future]:
+        future: Future = Future()
+        with self._lock:
+            if self._closing:
+                return None
+            item = _WorkItem(future, fn, args, kwargs, self._clock())
+            self.submitted += 1
+            worker = lane.worker
+            if worker is not None:
+                if worker.parked and worker.handoff is None and not lane.items:
+                    self._wake(worker, item)
+                else:
+                    self._enqueue(lane.items, item)
+            else:
+                self._enqueue(lane.items, item)
+                if not lane.waiting:
+                    worker = self._free_worker()
+                    if worker is not None:
+                        self._bind(worker, lane)
+                        self._wake(worker, None)
+                    else:
+                        lane.waiting = True
+                        lane.seq = next(self._seqs)
+                        self._waiting_lanes.append(lane)
+        return future
+
+    def _submit_shared(self, fn, args, kwargs) -> Optional[Future]:
+        future: Future = Future()
+        with self._lock:
+            if self._closing:
+                return None
+            item = _WorkItem(future, fn, args, kwargs, self._clock())
+            self.submitted += 1
+            worker = self._free_worker()
+            if worker is None and self._idle_leased:
+                worker, _ = self._idle_leased.popitem()
+                worker.parked = False
+            if worker is not None:
+                self._wake(worker, item)
+                return future
+            self._enqueue(self._shared, (next(self._seqs), item))
+        # Every thread is taken. If the caller sits (via async_to_sync) under a thread that is
+        # blocked waiting for it, that thread may run the call: otherwise N such threads waiting
+        # for N queued calls would deadlock. Whoever claims the item first runs it.
+        helper = self._nested_executor()
+        if helper is not None:
+            try:
+                helper.submit(self._help, item)
+            except RuntimeError:  # that executor has already finished
+                pass
+        return future
+
+    def _help(self, item: _WorkItem) -> None:
+        if not item.claim():
+            return
+        with self._lock:
+            self._queued -= 1
+        # Runs nested inside another governed call: no connection cleanup here.
+        self._run(item, self._clock())
+
+    def _enqueue(self, queue: deque, entry) -> None:
+        queue.append(entry)
+        self._queued += 1
+        if self._queued > self.peak_queued:
+            self.peak_queued = self._queued
+
+    def _free_worker(self) -> Optional[_Worker]:
+        """A parked worker without a lane, or a new thread if there is room (lock held)."""
+        if self._idle_free:
+            worker, _ = self._idle_free.popitem()
+            worker.parked = False
+            return worker
+        if len(self._workers) < self.size:
+            worker = _Worker(next(self._indexes), self._lock)
+            worker.thread = threading.Thread(
+                target=_work,
+                args=(weakref.ref(self), worker),
+                name=f"{self._name}-{worker.index}",
+                daemon=True,
+            )
+            self._workers.append(worker)
+            worker.thread.start()
+            return worker
+        return None
+
+    def _bind(self, worker: _Worker, lane: Lane) -> None:
+        worker.lane = lane
+        lane.worker = worker
+        self._leased += 1
+
+    def _unbind(self, worker: _Worker) -> None:
+        worker.lane.worker = None
+        worker.lane = None
+        self._leased -= 1
+
+    def _wake(self, worker: _Worker, item: Optional[_WorkItem]) -> None:
+        """Give a worker that is not running anything its next item and wake it (lock held)."""
+        if worker.parked:
+            worker.parked = False
+            (self._idle_leased if worker.lane is not None else self._idle_free).pop(worker, None)
+        worker.handoff = item
+        worker.wakeup.notify()
+
+    def _release_lane(self, lane: Lane) -> None:
+        with self._lock:
+            lane.released = True
+            worker = lane.worker
+            if worker is not None and not lane.items and worker.parked:
+                self._unbind(worker)
+                self._idle_leased.pop(worker, None)
+                worker.parked = False
+                worker.wakeup.notify()  # it looks for waiting work, then parks as a free worker
+
+    # -- the worker side --------------------------------------------------------------------------
+
+    def _next(self, worker: _Worker) -> Optional[_WorkItem]:
+        """The worker's next item, parking until there is one; None when the worker must exit."""
+        while True:
+            item = worker.handoff
+            if item is not None:
+                worker.handoff = None
+                return item
+            lane = worker.lane
+            if lane is not None:
+                if lane.items:
+                    self._queued -= 1
+                    return lane.items.popleft()
+                if lane.released or not lane.sticky or self._closing:
+                    self._unbind(worker)
+                    lane = None
+            if lane is None:
+                item = self._next_waiting(worker)
+            else:
+                item = self._next_shared()
+            if item is not None:
+                return item
+            if self._closing:
+                return None
+            worker.parked = True
+            (self._idle_free if lane is None else self._idle_leased)[worker] = None
+            worker.wakeup.wait()
+
+    def _next_waiting(self, worker: _Worker) -> Optional[_WorkItem]:
+        """For a free worker: the oldest of the waiting lanes and shared items (lock held)."""
+        lanes, shared = self._waiting_lanes, self._shared
+        while lanes or shared:
+            if lanes and (not shared or lanes[0].seq < shared[0][0]):
+                lane = lanes.popleft()
+                lane.waiting = False
+                if not lane.items:  # all its calls were cancelled and dropped
+                    continue
+                self._bind(worker, lane)
+                self._queued -= 1
+                return lane.items.popleft()
+            item = self._next_shared()
+            if item is not None:
+                return item
+        return None
+
+    def _next_shared(self) -> Optional[_WorkItem]:
+        shared = self._shared
+        while shared:
+            _, item = shared.popleft()
+            if item.claim():
+                self._queued -= 1
+                return item
+        return None
+
+    def _run(self, item: _WorkItem, started: float) -> None:
+        outcome = item.run()
+        finished = self._clock()
+        with self._lock:
+            self._account(item, outcome, started, finished)
+
+    def _account(self, item: _WorkItem, outcome: Optional[bool], started: float, finished: float):
+        if outcome is None:
+            self.cancelled += 1
+            return
+        self.completed += 1
+        if outcome:
+            self.failed += 1
+        self.wait_times.add(started - item.enqueued)
+        self.run_times.add(finished - started)
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    def shutdown(self, timeout: Optional[float] = None) -> bool:
+        """Stop accepting work, let queued work run, and join the workers.
+
+        Returns True if every worker exited within ``timeout`` seconds.
+        """
+        with self._lock:
+            self._closing = True
+            workers = list(self._workers)
+            for worker in workers:
+                if worker.parked:
+                    self._wake(worker, None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = threading.current_thread()
+        for worker in workers:
+            if worker.thread is current:
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            worker.thread.join(remaining)
+        alive = [w.thread.name for w in workers if w.thread.is_alive() and w.thread is not current]
+        if alive:
+            logger.warning("threadgov: %d worker(s) still running at shutdown: %s", len(alive), alive)
+        return not alive
+
+    # -- statistics -------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """Copy the live counters (under the lock; cheap)."""
+        with self._lock:
+            aliases: Dict[str, int] = {}
+            for worker in self._workers:
+                for alias in worker.db_aliases:
+                    aliases[alias] = aliases.get(alias, 0) + 1
+            return dict(
+                threads_alive=sum(1 for w in self._workers if w.thread.is_alive()),
+                busy=self._busy,
+                idle=len(self._idle_free) + len(self._idle_leased),
+                leased=self._leased,
+                queued=self._queued,
+                waiting_contexts=sum(1 for lane in self._waiting_lanes if lane.items),
+                peak_busy=self.peak_busy,
+                peak_queued=self.peak_queued,
+                submitted=self.submitted,
+                completed=self.completed,
+                failed=self.failed,
+                cancelled=self.cancelled,
+                wait_values=self.wait_times.values(),
+                wait_max=self.wait_times.max,
+                run_values=self.run_times.values(),
+                run_max=self.run_times.max,
+                db_connections=tuple(sorted(aliases.items())),
+            )
+
+
+def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
+    """A worker thread's loop: take the next item, run it with the pool's hooks around it."""
+    pool = pool_ref()
+    if pool is None:
+        return
+    hooks, clock, lock = pool._hooks, pool._clock, pool._lock
+    del pool
+    try:
+        while True:
+            pool = pool_ref()
+            if pool is None:
+                return
+            with lock:
+                item = pool._next(worker)
+                if item is None:
+                    return
+                worker.busy = True
+                pool._busy += 1
+                if pool._busy > pool.peak_busy:
+                    pool.peak_busy = pool._busy
+            started = clock()
+            outcome, aliases = _call(hooks, item)
+            finished = clock()
+            with lock:
+                worker.busy = False
+                if aliases is not None:
+                    worker.db_aliases = aliases
+                pool._busy -= 1
+                pool._account(item, outcome, started, finished)
+            del item, pool
+    finally:
+        try:
+            hooks.thread_exit()
+        except Exception:
+            logger.exception("threadgov: closing connections of an exiting worker failed")
+        with lock:
+            worker.db_aliases = ()
+
+
+def _call(hooks: _Hooks, item: _WorkItem) -> tuple:
+    """Run one item between the hooks.
+
+    Returns (outcome of ``item.run()``, the database aliases now open on this thread or None if
+    unknown).
+    """
+    if item.future.cancelled():  # dropped while queued: no cleanup, no call
+        return None, None
+    try:
+        hooks.before_call()
+    except Exception:
+        logger.exception("threadgov: connection cleanup before a call failed")
+    outcome = item.run()
+    try:
+        aliases = hooks.after_call()
+    except Exception:
+        logger.exception("threadgov: connection cleanup after a call failed")
+        aliases = ()
+    return outcome, aliases
