@@ -55,19 +55,26 @@ class _WorkItem:
             return False
         return True
 
-    def run(self) -> Optional[bool]:
-        """Run the call; True if it raised, False if it returned, None if it was cancelled."""
+    def run(self) -> Optional[tuple]:
+        """Run the call without publishing its outcome.
+
+        Returns None if the future was cancelled (the call did not run), else ``(raised, value)``.
+        The pool counts the call before :meth:`publish`, so a caller that has its result also sees
+        it in ``stats()``.
+        """
         if not self.future.set_running_or_notify_cancel():
             return None
         try:
-            result = self.fn(*self.args, **self.kwargs)
+            return False, self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
-            self.future.set_exception(exc)
-            # Break the reference cycle through the traceback.
-            self = None  # noqa: F841
-            return True
-        self.future.set_result(result)
-        return False
+            return True, exc
+
+    def publish(self, outcome: tuple) -> None:
+        raised, value = outcome
+        if raised:
+            self.future.set_exception(value)
+        else:
+            self.future.set_result(value)
 
 
 class _Worker:
@@ -265,7 +272,13 @@ class Pool:
         with self._lock:
             self._queued -= 1
         # Runs nested inside another governed call: no connection cleanup here.
-        self._run(item, self._clock())
+        started = self._clock()
+        outcome = item.run()
+        finished = self._clock()
+        with self._lock:
+            self._account(item, outcome, started, finished)
+        if outcome is not None:
+            item.publish(outcome)
 
     def _enqueue(self, queue: deque, entry) -> None:
         queue.append(entry)
@@ -375,18 +388,13 @@ class Pool:
                 return item
         return None
 
-    def _run(self, item: _WorkItem, started: float) -> None:
-        outcome = item.run()
-        finished = self._clock()
-        with self._lock:
-            self._account(item, outcome, started, finished)
-
-    def _account(self, item: _WorkItem, outcome: Optional[bool], started: float, finished: float):
+    def _account(self, item: _WorkItem, outcome: Optional[tuple], started: float, finished: float):
+        """Count a finished item (lock held)."""
         if outcome is None:
             self.cancelled += 1
             return
         self.completed += 1
-        if outcome:
+        if outcome[0]:
             self.failed += 1
         self.wait_times.add(started - item.enqueued)
         self.run_times.add(finished - started)
@@ -475,7 +483,9 @@ def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
                     worker.db_aliases = aliases
                 pool._busy -= 1
                 pool._account(item, outcome, started, finished)
-            del item, pool
+            if outcome is not None:
+                item.publish(outcome)
+            del item, outcome, pool
     finally:
         try:
             hooks.thread_exit()

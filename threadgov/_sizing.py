@@ -39,9 +39,16 @@ def parse_threads(value: str, *, setting: str = ENV_VAR) -> int:
     Surrounding whitespace is ignored; anything but plain ASCII digits in range is rejected.
     """
     text = value.strip()
-    if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_THREADS:
+    # Leading zeros dropped and the length checked first: int() refuses strings of more than
+    # 4300 digits with a plain ValueError that would not name the setting.
+    digits = text.lstrip("0")
+    if (
+        not _DIGITS.fullmatch(text)
+        or len(digits) > len(str(MAX_THREADS))
+        or not 1 <= int(digits or "0") <= MAX_THREADS
+    ):
         raise ConfigurationError(f"{setting}={value!r} is not valid: {_accepted()}")
-    return int(text)
+    return int(digits)
 
 
 def check_threads(value: object, *, setting: str = "max_threads") -> int:
@@ -53,10 +60,12 @@ def check_threads(value: object, *, setting: str = "max_threads") -> int:
     return value
 
 
-def _cgroup_v2_cpus(root: str = "/sys/fs/cgroup") -> Optional[int]:
+def _cgroup_v2_cpus(
+    root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup"
+) -> Optional[int]:
     """The CPU quota of this process's cgroup v2 (``cpu.max``), rounded up; None if unlimited."""
     try:
-        with open("/proc/self/cgroup") as f:
+        with open(proc_cgroup) as f:
             lines = f.read().splitlines()
     except OSError:
         return None
