@@ -420,3 +420,19 @@ def test_install_twice_is_a_no_op_and_uninstall_twice_too():
     finally:
         assert threadgov.uninstall()
         assert threadgov.uninstall()
+
+
+async def test_a_context_collected_without_exiting_frees_its_worker(governed):
+    stats = governed(1)
+
+    class Context:  # stands in for a ThreadSensitiveContext dropped without __aexit__
+        pass
+
+    lanes = SyncToAsync.context_to_thread_executor
+    abandoned = Context()
+    assert lanes[abandoned].submit(name).result(TIMEOUT) == "threadgov-1"
+    await until(lambda: stats().completed == 1, "the call to be counted")
+    assert stats().leased == 1
+    del abandoned  # the last reference: the lane is released at the next governed call
+    async with ThreadSensitiveContext():
+        assert (await asyncio.wait_for(sync_to_async(name)(), TIMEOUT)) == "threadgov-1"

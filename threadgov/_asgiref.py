@@ -21,7 +21,7 @@ import asyncio
 import threading
 import weakref
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from asgiref.sync import AsyncToSync, SyncToAsync
 
@@ -43,13 +43,18 @@ class ContextLanes(weakref.WeakKeyDictionary):
         self._new_lane = new_lane
         self._on_call = on_call
         self._lock = threading.Lock()
-        self._lanes: Dict[weakref.ref, Lane] = {}  # guarded by _lock for inserts and removals
+        self._lanes: Dict[weakref.ref, Lane] = {}  # inserts and removals under _lock
+        # Contexts collected without exiting. The weakref callback only appends here (it may run
+        # during garbage collection inside any locked section); their lanes are released later.
+        self._collected: List[weakref.ref] = []
 
     def __contains__(self, context) -> bool:
         return True
 
     def __getitem__(self, context) -> Executor:
         self._on_call()
+        if self._collected:
+            self._release_collected()
         if self.data:
             executor = self.get(context)
             if executor is not None:
@@ -57,7 +62,7 @@ class ContextLanes(weakref.WeakKeyDictionary):
         lane = self._lanes.get(weakref.ref(context))
         if lane is None:
             with self._lock:
-                key = weakref.ref(context, self._context_gone)
+                key = weakref.ref(context, self._collected.append)
                 lane = self._lanes.get(key)
                 if lane is None:
                     lane = self._lanes[key] = self._new_lane()
@@ -70,17 +75,21 @@ class ContextLanes(weakref.WeakKeyDictionary):
             lane.release()
         return super().pop(context, *default)
 
-    def _context_gone(self, ref: weakref.ref) -> None:
-        # A context collected without exiting (its task was dropped): free its worker all the same.
+    def _release_collected(self) -> None:
+        lanes = []
         with self._lock:
-            lane = self._lanes.pop(ref, None)
-        if lane is not None:
+            while self._collected:
+                lane = self._lanes.pop(self._collected.pop(), None)
+                if lane is not None:
+                    lanes.append(lane)
+        for lane in lanes:
             lane.release()
 
     def release_all(self) -> None:
         with self._lock:
             lanes = list(self._lanes.values())
             self._lanes.clear()
+            self._collected.clear()
         for lane in lanes:
             lane.release()
 
