@@ -22,6 +22,7 @@ A queued item whose future was cancelled never runs.
 
 import itertools
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -77,18 +78,23 @@ class _WorkItem:
             self.future.set_result(value)
 
 
-class _Worker:
-    # Every field is guarded by the pool's lock.
-    __slots__ = ("index", "thread", "wakeup", "lane", "handoff", "parked", "busy", "db_aliases")
+# Put in a parked worker's inbox: look for work again (or exit, when the pool is closing).
+_WAKE = object()
+# Returned by Pool._next: nothing to run, the worker is now parked.
+_PARK = object()
 
-    def __init__(self, index: int, lock: threading.Lock):
+
+class _Worker:
+    # Every field but ``inbox`` is guarded by the pool's lock.
+    __slots__ = ("index", "thread", "inbox", "lane", "parked", "db_aliases")
+
+    def __init__(self, index: int):
         self.index = index
         self.thread: Optional[threading.Thread] = None
-        self.wakeup = threading.Condition(lock)
+        # A parked worker blocks on its inbox (outside the lock) for its next item or _WAKE.
+        self.inbox: "queue.SimpleQueue" = queue.SimpleQueue()
         self.lane: Optional["Lane"] = None
-        self.handoff: Optional[_WorkItem] = None
-        self.parked = False
-        self.busy = False
+        self.parked = True  # a new worker waits for its first item
         self.db_aliases: tuple = ()
 
 
@@ -222,22 +228,18 @@ class Pool:
             item = _WorkItem(future, fn, args, kwargs, self._clock())
             self.submitted += 1
             worker = lane.worker
-            if worker is not None:
-                if worker.parked and worker.handoff is None and not lane.items:
-                    self._wake(worker, item)
+            if worker is None and not lane.waiting:
+                worker = self._free_worker()
+                if worker is not None:
+                    self._bind(worker, lane)
                 else:
-                    self._enqueue(lane.items, item)
-            else:
+                    lane.waiting = True
+                    lane.seq = next(self._seqs)
+                    self._waiting_lanes.append(lane)
+            if worker is not None and worker.parked and not lane.items:
+                self._hand(worker, item)
+            else:  # its worker is busy, or the lane waits for one
                 self._enqueue(lane.items, item)
-                if not lane.waiting:
-                    worker = self._free_worker()
-                    if worker is not None:
-                        self._bind(worker, lane)
-                        self._wake(worker, None)
-                    else:
-                        lane.waiting = True
-                        lane.seq = next(self._seqs)
-                        self._waiting_lanes.append(lane)
         return future
 
     def _submit_shared(self, fn, args, kwargs) -> Optional[Future]:
@@ -249,10 +251,9 @@ class Pool:
             self.submitted += 1
             worker = self._free_worker()
             if worker is None and self._idle_leased:
-                worker, _ = self._idle_leased.popitem()
-                worker.parked = False
+                worker = next(reversed(self._idle_leased))
             if worker is not None:
-                self._wake(worker, item)
+                self._hand(worker, item)
                 return future
             self._enqueue(self._shared, (next(self._seqs), item))
         # Every thread is taken. If the caller sits (via async_to_sync) under a thread that is
@@ -287,13 +288,11 @@ class Pool:
             self.peak_queued = self._queued
 
     def _free_worker(self) -> Optional[_Worker]:
-        """A parked worker without a lane, or a new thread if there is room (lock held)."""
+        """A parked worker without a lane, or a new (parked) thread if there is room (lock held)."""
         if self._idle_free:
-            worker, _ = self._idle_free.popitem()
-            worker.parked = False
-            return worker
+            return next(reversed(self._idle_free))
         if len(self._workers) < self.size:
-            worker = _Worker(next(self._indexes), self._lock)
+            worker = _Worker(next(self._indexes))
             worker.thread = threading.Thread(
                 target=_work,
                 args=(weakref.ref(self), worker),
@@ -306,6 +305,9 @@ class Pool:
         return None
 
     def _bind(self, worker: _Worker, lane: Lane) -> None:
+        if worker.parked:
+            self._idle_free.pop(worker, None)
+            self._idle_leased[worker] = None
         worker.lane = lane
         lane.worker = worker
         self._leased += 1
@@ -315,52 +317,54 @@ class Pool:
         worker.lane = None
         self._leased -= 1
 
-    def _wake(self, worker: _Worker, item: Optional[_WorkItem]) -> None:
-        """Give a worker that is not running anything its next item and wake it (lock held)."""
-        if worker.parked:
-            worker.parked = False
-            (self._idle_leased if worker.lane is not None else self._idle_free).pop(worker, None)
-        worker.handoff = item
-        worker.wakeup.notify()
+    def _hand(self, worker: _Worker, item: _WorkItem) -> None:
+        """Give a parked worker an item to run now (lock held)."""
+        self._unpark(worker)
+        self._start(item)
+        worker.inbox.put(item)
+
+    def _unpark(self, worker: _Worker) -> None:
+        worker.parked = False
+        self._idle_free.pop(worker, None)
+        self._idle_leased.pop(worker, None)
+
+    def _start(self, item: _WorkItem) -> _WorkItem:
+        """Count an item as running (lock held)."""
+        self._busy += 1
+        if self._busy > self.peak_busy:
+            self.peak_busy = self._busy
+        return item
 
     def _release_lane(self, lane: Lane) -> None:
         with self._lock:
             lane.released = True
             worker = lane.worker
-            if worker is not None and not lane.items and worker.parked:
+            if worker is not None and worker.parked and not lane.items:
                 self._unbind(worker)
-                self._idle_leased.pop(worker, None)
-                worker.parked = False
-                worker.wakeup.notify()  # it looks for waiting work, then parks as a free worker
+                self._unpark(worker)
+                worker.inbox.put(_WAKE)  # it looks for waiting work, then parks as a free worker
 
     # -- the worker side --------------------------------------------------------------------------
 
-    def _next(self, worker: _Worker) -> Optional[_WorkItem]:
-        """The worker's next item, parking until there is one; None when the worker must exit."""
-        while True:
-            item = worker.handoff
-            if item is not None:
-                worker.handoff = None
-                return item
-            lane = worker.lane
-            if lane is not None:
-                if lane.items:
-                    self._queued -= 1
-                    return lane.items.popleft()
-                if lane.released or not lane.sticky or self._closing:
-                    self._unbind(worker)
-                    lane = None
-            if lane is None:
-                item = self._next_waiting(worker)
-            else:
-                item = self._next_shared()
-            if item is not None:
-                return item
-            if self._closing:
-                return None
-            worker.parked = True
-            (self._idle_free if lane is None else self._idle_leased)[worker] = None
-            worker.wakeup.wait()
+    def _next(self, worker: _Worker):
+        """The worker's next item (counted as running), else _PARK (now parked), else None when
+        the worker must exit (lock held)."""
+        lane = worker.lane
+        if lane is not None:
+            if lane.items:
+                self._queued -= 1
+                return self._start(lane.items.popleft())
+            if lane.released or not lane.sticky or self._closing:
+                self._unbind(worker)
+                lane = None
+        item = self._next_waiting(worker) if lane is None else self._next_shared()
+        if item is not None:
+            return self._start(item)
+        if self._closing:
+            return None
+        worker.parked = True
+        (self._idle_free if worker.lane is None else self._idle_leased)[worker] = None
+        return _PARK
 
     def _next_waiting(self, worker: _Worker) -> Optional[_WorkItem]:
         """For a free worker: the oldest of the waiting lanes and shared items (lock held)."""
@@ -369,7 +373,7 @@ class Pool:
             if lanes and (not shared or lanes[0].seq < shared[0][0]):
                 lane = lanes.popleft()
                 lane.waiting = False
-                if not lane.items:  # all its calls were cancelled and dropped
+                if not lane.items:
                     continue
                 self._bind(worker, lane)
                 self._queued -= 1
@@ -411,7 +415,8 @@ class Pool:
             workers = list(self._workers)
             for worker in workers:
                 if worker.parked:
-                    self._wake(worker, None)
+                    self._unpark(worker)
+                    worker.inbox.put(_WAKE)
         deadline = None if timeout is None else time.monotonic() + timeout
         current = threading.current_thread()
         for worker in workers:
@@ -455,37 +460,47 @@ class Pool:
 
 
 def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
-    """A worker thread's loop: take the next item, run it with the pool's hooks around it."""
+    """A worker thread's loop: wait for an item, run it between the pool's hooks, count it, then
+    take the next one in the same locked section (or park), and only then publish the result."""
     pool = pool_ref()
     if pool is None:
         return
-    hooks, clock, lock = pool._hooks, pool._clock, pool._lock
+    hooks, clock, lock, inbox = pool._hooks, pool._clock, pool._lock, worker.inbox
     del pool
     try:
+        item = inbox.get()
         while True:
+            if item is _WAKE:
+                pool = pool_ref()
+                if pool is None:
+                    return
+                with lock:
+                    item = pool._next(worker)
+                del pool
+                if item is None:
+                    return
+                if item is _PARK:
+                    item = inbox.get()
+                    continue
+            started = clock()
+            outcome, aliases = _call(hooks, item)
+            finished = clock()
             pool = pool_ref()
             if pool is None:
                 return
             with lock:
-                item = pool._next(worker)
-                if item is None:
-                    return
-                worker.busy = True
-                pool._busy += 1
-                if pool._busy > pool.peak_busy:
-                    pool.peak_busy = pool._busy
-            started = clock()
-            outcome, aliases = _call(hooks, item)
-            finished = clock()
-            with lock:
-                worker.busy = False
                 if aliases is not None:
                     worker.db_aliases = aliases
                 pool._busy -= 1
                 pool._account(item, outcome, started, finished)
+                following = pool._next(worker)
+            del pool
             if outcome is not None:
                 item.publish(outcome)
-            del item, outcome, pool
+            del item, outcome
+            if following is None:
+                return
+            item = inbox.get() if following is _PARK else following
     finally:
         try:
             hooks.thread_exit()
