@@ -436,3 +436,25 @@ async def test_a_context_collected_without_exiting_frees_its_worker(governed):
     del abandoned  # the last reference: the lane is released at the next governed call
     async with ThreadSensitiveContext():
         assert (await asyncio.wait_for(sync_to_async(name)(), TIMEOUT)) == "threadgov-1"
+
+
+async def test_a_serial_context_keeps_order_but_holds_no_worker_while_idle(governed):
+    stats = governed(1)  # affinity "request": serial contexts are non-sticky all the same
+    routing = threadgov._governor.current()
+    idle = asyncio.Event()
+    seen = []
+
+    async def consumer():
+        async with routing.serial_context():
+            await asyncio.gather(*(sync_to_async(seen.append)(i) for i in range(20)))
+            await idle.wait()  # a websocket with nothing to say
+            await sync_to_async(seen.append)("last")
+
+    task = asyncio.create_task(consumer())
+    await until(lambda: len(seen) == 20 and stats().busy == 0, "the consumer's first calls")
+    assert stats().leased == 0
+    async with ThreadSensitiveContext():  # a request gets the only worker meanwhile
+        await asyncio.wait_for(sync_to_async(name)(), TIMEOUT)
+    idle.set()
+    await asyncio.wait_for(task, TIMEOUT)
+    assert seen == list(range(20)) + ["last"]

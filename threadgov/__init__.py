@@ -1,6 +1,6 @@
 """threadgov: one bounded pool of threads, and so of database connections, for Django under ASGI."""
 
-from ._errors import ConfigurationError, NotInstalledError, ThreadgovError
+from ._errors import ConfigurationError, NotInstalledError, PoolSaturated, ThreadgovError
 from ._governor import install, stats, uninstall
 from ._sizing import MAX_THREADS
 from ._stats import Stats, Timings
@@ -9,6 +9,7 @@ __all__ = [
     "MAX_THREADS",
     "ConfigurationError",
     "NotInstalledError",
+    "PoolSaturated",
     "Stats",
     "ThreadgovError",
     "Timings",

@@ -39,7 +39,7 @@ def _bounded_int(setting: str, low: int, high: int):
 
 
 def _add_demo(subparsers) -> None:
-    from ._governor import AFFINITIES
+    from ._options import AFFINITIES
     from ._sizing import MAX_THREADS
 
     parser = subparsers.add_parser(

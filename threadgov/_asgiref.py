@@ -18,12 +18,13 @@ running when ``install()`` is called).
 """
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional
 
-from asgiref.sync import AsyncToSync, SyncToAsync
+from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
 
 from ._pool import Lane, Pool, SharedExecutor
 
@@ -68,6 +69,11 @@ class ContextLanes(weakref.WeakKeyDictionary):
                     lane = self._lanes[key] = self._new_lane()
         return lane
 
+    def assign(self, context, lane: Lane) -> None:
+        """Give a context a lane of the caller's choosing (before its first call)."""
+        with self._lock:
+            self._lanes[weakref.ref(context, self._collected.append)] = lane
+
     def pop(self, context, *default):
         with self._lock:
             lane = self._lanes.pop(weakref.ref(context), None)
@@ -110,6 +116,7 @@ class Routing:
     """Installs and removes the pool in asgiref and on event loops."""
 
     def __init__(self, pool: Pool, *, sticky: bool):
+        self._pool = pool
         self._shared = SharedExecutor(pool)
         self._contexts = ContextLanes(lambda: pool.lane(sticky=sticky), self.adopt_running_loop)
         self._single = _SharedLane(pool, self.adopt_running_loop)
@@ -143,6 +150,19 @@ class Routing:
                 # What asyncio itself would create on first use.
                 previous = ThreadPoolExecutor(thread_name_prefix="asyncio")
             loop.set_default_executor(previous)
+
+    @contextlib.asynccontextmanager
+    async def serial_context(self):
+        """A ``ThreadSensitiveContext`` whose calls run one at a time, in order, each holding a
+        worker only while it runs (whatever the affinity): for long-lived callers such as a
+        websocket consumer, which must not hold a thread while idle."""
+        context = ThreadSensitiveContext()
+        self._contexts.assign(context, self._pool.lane(sticky=False))
+        try:
+            async with context:
+                yield context
+        finally:
+            self._contexts.pop(context, None)  # also when an outer context made this one inert
 
     def adopt_running_loop(self) -> None:
         """Make the pool the default executor of the running loop (once per loop)."""

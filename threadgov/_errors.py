@@ -1,6 +1,6 @@
 """The exception tree: one base class, one subclass per kind of failure."""
 
-__all__ = ["ThreadgovError", "ConfigurationError", "NotInstalledError"]
+__all__ = ["ThreadgovError", "ConfigurationError", "NotInstalledError", "PoolSaturated"]
 
 
 class ThreadgovError(Exception):
@@ -16,3 +16,8 @@ class ConfigurationError(ThreadgovError, ValueError):
 
 class NotInstalledError(ThreadgovError, RuntimeError):
     """The governor is not installed (``threadgov.install()`` has not run)."""
+
+
+class PoolSaturated(ThreadgovError, RuntimeError):
+    """A call was refused: the queue was full (``max_queue``) or the call waited longer than
+    ``queue_timeout`` for a thread. The call never ran."""

@@ -20,6 +20,7 @@ Scheduling, all under one lock:
 A queued item whose future was cancelled never runs.
 """
 
+import asyncio
 import itertools
 import logging
 import queue
@@ -30,6 +31,7 @@ from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Callable, Deque, Dict, List, Optional
 
+from ._errors import PoolSaturated
 from ._stats import SampleWindow
 
 __all__ = ["Pool", "Lane", "SharedExecutor"]
@@ -86,7 +88,7 @@ _PARK = object()
 
 class _Worker:
     # Every field but ``inbox`` is guarded by the pool's lock.
-    __slots__ = ("index", "thread", "inbox", "lane", "parked", "db_aliases")
+    __slots__ = ("index", "thread", "inbox", "lane", "parked", "db_aliases", "calls", "started")
 
     def __init__(self, index: int):
         self.index = index
@@ -96,6 +98,10 @@ class _Worker:
         self.lane: Optional["Lane"] = None
         self.parked = True  # a new worker waits for its first item
         self.db_aliases: tuple = ()
+        # Written by the worker thread only, read by the watchdog: the number of calls started
+        # and when the current one started (None between calls).
+        self.calls = 0
+        self.started: Optional[float] = None
 
 
 class Lane(Executor):
@@ -113,6 +119,7 @@ class Lane(Executor):
         self.worker: Optional[_Worker] = None
         self.waiting = False
         self.released = False
+        self.admitted = False  # has had a worker: its later calls are never refused
         self.seq = 0
         # Used only once the pool has shut down (stock behaviour: one thread per lane).
         self._fallback: Optional[ThreadPoolExecutor] = None
@@ -185,8 +192,14 @@ class Pool:
         hooks: Optional[_Hooks] = None,
         clock: Callable[[], float] = time.perf_counter,
         nested_executor: Callable[[], Optional[Executor]] = lambda: None,
+        max_queue: Optional[int] = None,
+        queue_timeout: Optional[float] = None,
     ):
         self.size = size
+        # Admission limits: a new context, or a call without affinity, that would have to wait is
+        # refused when max_queue calls are already queued, and expires after queue_timeout s.
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
         self._name = name
         self._hooks = hooks or _Hooks()
         self._clock = clock
@@ -212,6 +225,8 @@ class Pool:
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
+        self.rejected = 0
+        self._last_start = clock()
         self.wait_times = SampleWindow()
         self.run_times = SampleWindow()
 
@@ -222,6 +237,7 @@ class Pool:
 
     def _submit_lane(self, lane: Lane, fn, args, kwargs) -> Optional[Future]:
         future: Future = Future()
+        admission = False
         with self._lock:
             if self._closing:
                 return None
@@ -233,6 +249,9 @@ class Pool:
                 if worker is not None:
                     self._bind(worker, lane)
                 else:
+                    admission = not lane.admitted
+                    if admission and self._full():
+                        return self._reject(item, "the queue is full")
                     lane.waiting = True
                     lane.seq = next(self._seqs)
                     self._waiting_lanes.append(lane)
@@ -240,6 +259,8 @@ class Pool:
                 self._hand(worker, item)
             else:  # its worker is busy, or the lane waits for one
                 self._enqueue(lane.items, item)
+        if admission:
+            self._arm_timeout(item)
         return future
 
     def _submit_shared(self, fn, args, kwargs) -> Optional[Future]:
@@ -255,11 +276,14 @@ class Pool:
             if worker is not None:
                 self._hand(worker, item)
                 return future
+            # Every thread is taken. If the caller sits (via async_to_sync) under a thread that is
+            # blocked waiting for it, that thread may run the call: otherwise N such threads
+            # waiting for N queued calls would deadlock. Whoever claims the item first runs it.
+            helper = self._nested_executor()
+            if helper is None and self._full():
+                return self._reject(item, "the queue is full")
             self._enqueue(self._shared, (next(self._seqs), item))
-        # Every thread is taken. If the caller sits (via async_to_sync) under a thread that is
-        # blocked waiting for it, that thread may run the call: otherwise N such threads waiting
-        # for N queued calls would deadlock. Whoever claims the item first runs it.
-        helper = self._nested_executor()
+        self._arm_timeout(item)
         if helper is not None:
             try:
                 helper.submit(self._help, item)
@@ -280,6 +304,44 @@ class Pool:
             self._account(item, outcome, started, finished)
         if outcome is not None:
             item.publish(outcome)
+
+    def _full(self) -> bool:
+        return self.max_queue is not None and self._queued >= self.max_queue
+
+    def _reject(self, item: _WorkItem, why: str) -> Future:
+        """Refuse an item that was never queued (lock held)."""
+        item.claim()
+        self.rejected += 1
+        item.future.set_running_or_notify_cancel()
+        item.future.set_exception(self._saturated(why))
+        return item.future
+
+    def _saturated(self, why: str) -> PoolSaturated:
+        return PoolSaturated(
+            f"threadgov refused a call: {why} (max_threads={self.size}, max_queue={self.max_queue}, "
+            f"queue_timeout={self.queue_timeout}); the call did not run"
+        )
+
+    def _arm_timeout(self, item: _WorkItem) -> None:
+        """Expire a queued admission after queue_timeout, on the caller's event loop."""
+        if self.queue_timeout is None:
+            return
+        loop = asyncio._get_running_loop()
+        if loop is not None:
+            loop.call_later(self.queue_timeout, self._expire, item)
+
+    def _expire(self, item: _WorkItem) -> None:
+        if not item.claim():
+            return  # it started (or was helped) in time
+        future = item.future
+        with self._lock:
+            self._queued -= 1
+            if future.set_running_or_notify_cancel():
+                self.rejected += 1
+            else:
+                self.cancelled += 1
+                return
+        future.set_exception(self._saturated(f"no thread within queue_timeout={self.queue_timeout} s"))
 
     def _enqueue(self, queue: deque, entry) -> None:
         queue.append(entry)
@@ -308,6 +370,7 @@ class Pool:
         if worker.parked:
             self._idle_free.pop(worker, None)
             self._idle_leased[worker] = None
+        lane.admitted = True
         worker.lane = lane
         lane.worker = worker
         self._leased += 1
@@ -319,6 +382,7 @@ class Pool:
 
     def _hand(self, worker: _Worker, item: _WorkItem) -> None:
         """Give a parked worker an item to run now (lock held)."""
+        item.claim()
         self._unpark(worker)
         self._start(item)
         worker.inbox.put(item)
@@ -333,6 +397,7 @@ class Pool:
         self._busy += 1
         if self._busy > self.peak_busy:
             self.peak_busy = self._busy
+        self._last_start = self._clock()
         return item
 
     def _release_lane(self, lane: Lane) -> None:
@@ -351,9 +416,9 @@ class Pool:
         the worker must exit (lock held)."""
         lane = worker.lane
         if lane is not None:
-            if lane.items:
-                self._queued -= 1
-                return self._start(lane.items.popleft())
+            item = self._pop_lane(lane)
+            if item is not None:
+                return self._start(item)
             if lane.released or not lane.sticky or self._closing:
                 self._unbind(worker)
                 lane = None
@@ -373,13 +438,22 @@ class Pool:
             if lanes and (not shared or lanes[0].seq < shared[0][0]):
                 lane = lanes.popleft()
                 lane.waiting = False
-                if not lane.items:
+                item = self._pop_lane(lane)
+                if item is None:  # its calls were refused or cancelled meanwhile
                     continue
                 self._bind(worker, lane)
-                self._queued -= 1
-                return lane.items.popleft()
+                return item
             item = self._next_shared()
             if item is not None:
+                return item
+        return None
+
+    def _pop_lane(self, lane: Lane) -> Optional[_WorkItem]:
+        items = lane.items
+        while items:
+            item = items.popleft()
+            if item.claim():
+                self._queued -= 1
                 return item
         return None
 
@@ -405,18 +479,31 @@ class Pool:
 
     # -- shutdown ---------------------------------------------------------------------------------
 
-    def shutdown(self, timeout: Optional[float] = None) -> bool:
-        """Stop accepting work, let queued work run, and join the workers.
+    def shutdown(self, timeout: Optional[float] = None, *, cancel_queued: bool = False) -> bool:
+        """Stop accepting work, let queued work run (or cancel it), and join the workers.
 
         Returns True if every worker exited within ``timeout`` seconds.
         """
+        cancelled = []
         with self._lock:
             self._closing = True
             workers = list(self._workers)
+            if cancel_queued:
+                queues = [lane.items for lane in self._waiting_lanes]
+                queues += [w.lane.items for w in workers if w.lane is not None]
+                queues.append([item for _, item in self._shared])
+                for items in queues:
+                    for item in items:
+                        if item.claim():
+                            self._queued -= 1
+                            self.cancelled += 1
+                            cancelled.append(item.future)
             for worker in workers:
                 if worker.parked:
                     self._unpark(worker)
                     worker.inbox.put(_WAKE)
+        for future in cancelled:
+            future.cancel()
         deadline = None if timeout is None else time.monotonic() + timeout
         current = threading.current_thread()
         for worker in workers:
@@ -430,6 +517,29 @@ class Pool:
         return not alive
 
     # -- statistics -------------------------------------------------------------------------------
+
+    def watch(self) -> dict:
+        """What the watchdog needs, copied under the lock."""
+        with self._lock:
+            running, workers = [], []
+            for worker in self._workers:
+                started = worker.started
+                if started is not None:
+                    running.append((worker, worker.calls, started))
+                    what = f"running a call for {self._clock() - started:.3f} s"
+                elif worker.lane is not None:
+                    what = "leased by a context, idle"
+                else:
+                    what = "idle"
+                workers.append((worker, what))
+            return dict(
+                size=self.size,
+                running=running,
+                workers=workers,
+                full=len(self._workers) >= self.size and not self._idle_free,
+                queued=self._queued,
+                last_start=self._last_start,
+            )
 
     def snapshot(self) -> dict:
         """Copy the live counters (under the lock; cheap)."""
@@ -451,6 +561,7 @@ class Pool:
                 completed=self.completed,
                 failed=self.failed,
                 cancelled=self.cancelled,
+                rejected=self.rejected,
                 wait_values=self.wait_times.values(),
                 wait_max=self.wait_times.max,
                 run_values=self.run_times.values(),
@@ -482,9 +593,11 @@ def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
                 if item is _PARK:
                     item = inbox.get()
                     continue
-            started = clock()
+            worker.calls += 1
+            worker.started = started = clock()
             outcome, aliases = _call(hooks, item)
             finished = clock()
+            worker.started = None
             pool = pool_ref()
             if pool is None:
                 return

@@ -132,12 +132,20 @@ def resolve_size(
     environ: Mapping[str, str] = os.environ,
     python_version: Tuple[int, ...] = tuple(sys.version_info),
     cpus: Optional[int] = None,
+    setting: Optional[Tuple[object, str]] = None,
 ) -> Size:
-    """Resolve the pool size: explicit argument > ``ASGI_THREADS`` > Python's default."""
+    """Resolve the pool size: explicit argument > ``ASGI_THREADS`` > ``setting`` > Python's default.
+
+    ``setting`` is a ``(value, name)`` pair from a configuration file (e.g. Django's
+    ``THREADGOV["MAX_THREADS"]``), used when the environment variable is not set.
+    """
     if max_threads is not None:
         return Size(check_threads(max_threads), "max_threads argument")
     if ENV_VAR in environ:
         return Size(parse_threads(environ[ENV_VAR]), ENV_VAR)
+    if setting is not None and setting[0] is not None:
+        value, name = setting
+        return Size(check_threads(value, setting=name), name)
     if cpus is None:
         cpus = available_cpus()
     rule = "python<=3.7" if tuple(python_version[:2]) <= (3, 7) else "python>=3.8"

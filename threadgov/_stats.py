@@ -86,6 +86,7 @@ class Stats:
     failed: int
     cancelled: int
     rejected: int
+    slow_calls: int
     wait_time: Timings
     run_time: Timings
     db_connections: Tuple[Tuple[str, int], ...]
