@@ -118,7 +118,9 @@ class Routing:
     def __init__(self, pool: Pool, *, sticky: bool):
         self._pool = pool
         self._shared = SharedExecutor(pool)
-        self._contexts = ContextLanes(lambda: pool.lane(sticky=sticky), self.adopt_running_loop)
+        self._contexts = ContextLanes(
+            lambda: pool.lane(sticky=sticky, lease_cleanup=sticky), self.adopt_running_loop
+        )
         self._single = _SharedLane(pool, self.adopt_running_loop)
         self._saved: Optional[tuple] = None
         self._loops_lock = threading.Lock()

@@ -9,7 +9,8 @@ __all__ = ["ConnectionCleanup"]
 
 
 class ConnectionCleanup(_Hooks):
-    """``close_old_connections()`` before and after every call on a worker thread.
+    """``close_old_connections()`` before and after every call on a worker thread — or, for a
+    request that keeps its worker (affinity "request"), before its first call and after its last.
 
     Django keeps one connection per alias per thread, so with at most N workers, persistent
     connections (``CONN_MAX_AGE > 0``) are reused by at most N threads, and obsolete or broken ones
@@ -57,6 +58,15 @@ class ConnectionCleanup(_Hooks):
                     due = conn.close_at
         self._thread.due = due
         return tuple(aliases)
+
+    def lease_is_clean(self) -> bool:
+        connections = self._handler()
+        if connections is None:
+            return True
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is not None and (conn.in_atomic_block or not conn.get_autocommit()):
+                return False
+        return True
 
     def thread_exit(self) -> None:
         connections = self._handler()

@@ -40,10 +40,19 @@ logger = logging.getLogger("threadgov")
 
 
 class _WorkItem:
-    __slots__ = ("future", "fn", "args", "kwargs", "enqueued", "_token")
+    __slots__ = ("future", "fn", "args", "kwargs", "enqueued", "lane", "_token")
 
-    def __init__(self, future: Future, fn: Callable, args: tuple, kwargs: dict, enqueued: float):
+    def __init__(
+        self,
+        future: Future,
+        fn: Callable,
+        args: tuple,
+        kwargs: dict,
+        enqueued: float,
+        lane: Optional["Lane"] = None,
+    ):
         self.future = future
+        self.lane = lane
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -88,7 +97,9 @@ _PARK = object()
 
 class _Worker:
     # Every field but ``inbox`` is guarded by the pool's lock.
-    __slots__ = ("index", "thread", "inbox", "lane", "parked", "db_aliases", "calls", "started")
+    __slots__ = (
+        "index", "thread", "inbox", "lane", "parked", "stealable", "db_aliases", "calls", "started"
+    )
 
     def __init__(self, index: int):
         self.index = index
@@ -97,6 +108,8 @@ class _Worker:
         self.inbox: "queue.SimpleQueue" = queue.SimpleQueue()
         self.lane: Optional["Lane"] = None
         self.parked = True  # a new worker waits for its first item
+        # False while its lease has a transaction open: then it runs no other caller's calls.
+        self.stealable = True
         self.db_aliases: tuple = ()
         # Written by the worker thread only, read by the watchdog: the number of calls started
         # and when the current one started (None between calls).
@@ -111,9 +124,12 @@ class Lane(Executor):
     whenever their queue is empty.
     """
 
-    def __init__(self, pool: "Pool", *, sticky: bool):
+    def __init__(self, pool: "Pool", *, sticky: bool, lease_cleanup: bool = False):
         self._pool = pool
         self.sticky = sticky
+        # Connection cleanup once around the whole lease (a request) instead of around each call,
+        # so that a connection and its transaction live as long as the lease, as in stock Django.
+        self.lease_cleanup = lease_cleanup
         # Guarded by the pool's lock:
         self.items: Deque[_WorkItem] = deque()
         self.worker: Optional[_Worker] = None
@@ -177,6 +193,10 @@ class _Hooks:
         """Return the database aliases with an open connection on this thread."""
         return ()
 
+    def lease_is_clean(self) -> bool:
+        """True unless this thread's connections are inside a transaction."""
+        return True
+
     def thread_exit(self) -> None:
         pass
 
@@ -213,6 +233,7 @@ class Pool:
         self._workers: List[_Worker] = []
         self._idle_free: Dict[_Worker, None] = {}  # parked, no lane; popitem() reuses the last parked
         self._idle_leased: Dict[_Worker, None] = {}  # parked, lane has nothing to run
+        self._idle_pinned: Dict[_Worker, None] = {}  # same, but not stealable (open transaction)
         self._shared: Deque[tuple] = deque()  # (seq, item)
         self._waiting_lanes: Deque[Lane] = deque()
         self._closing = False
@@ -232,8 +253,8 @@ class Pool:
 
     # -- submission (any thread; usually an event loop) ------------------------------------------
 
-    def lane(self, *, sticky: bool) -> Lane:
-        return Lane(self, sticky=sticky)
+    def lane(self, *, sticky: bool, lease_cleanup: bool = False) -> Lane:
+        return Lane(self, sticky=sticky, lease_cleanup=lease_cleanup)
 
     def _submit_lane(self, lane: Lane, fn, args, kwargs) -> Optional[Future]:
         future: Future = Future()
@@ -241,7 +262,7 @@ class Pool:
         with self._lock:
             if self._closing:
                 return None
-            item = _WorkItem(future, fn, args, kwargs, self._clock())
+            item = _WorkItem(future, fn, args, kwargs, self._clock(), lane)
             self.submitted += 1
             worker = lane.worker
             if worker is None and not lane.waiting:
@@ -391,6 +412,7 @@ class Pool:
         worker.parked = False
         self._idle_free.pop(worker, None)
         self._idle_leased.pop(worker, None)
+        self._idle_pinned.pop(worker, None)
 
     def _start(self, item: _WorkItem) -> _WorkItem:
         """Count an item as running (lock held)."""
@@ -428,7 +450,12 @@ class Pool:
         if self._closing:
             return None
         worker.parked = True
-        (self._idle_free if worker.lane is None else self._idle_leased)[worker] = None
+        if worker.lane is None:
+            self._idle_free[worker] = None
+        elif worker.stealable:
+            self._idle_leased[worker] = None
+        else:
+            self._idle_pinned[worker] = None
         return _PARK
 
     def _next_waiting(self, worker: _Worker) -> Optional[_WorkItem]:
@@ -551,7 +578,7 @@ class Pool:
             return dict(
                 threads_alive=sum(1 for w in self._workers if w.thread.is_alive()),
                 busy=self._busy,
-                idle=len(self._idle_free) + len(self._idle_leased),
+                idle=len(self._idle_free) + len(self._idle_leased) + len(self._idle_pinned),
                 leased=self._leased,
                 queued=self._queued,
                 waiting_contexts=sum(1 for lane in self._waiting_lanes if lane.items),
@@ -572,12 +599,18 @@ class Pool:
 
 def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
     """A worker thread's loop: wait for an item, run it between the pool's hooks, count it, then
-    take the next one in the same locked section (or park), and only then publish the result."""
+    take the next one in the same locked section (or park), and only then publish the result.
+
+    Connection cleanup runs around each call, except for lanes with ``lease_cleanup``: there it
+    runs before the lease's first call and after its last (when the worker leaves the lane), and
+    calls of other callers that borrow the leased worker meanwhile share the lease's cleanup.
+    """
     pool = pool_ref()
     if pool is None:
         return
     hooks, clock, lock, inbox = pool._hooks, pool._clock, pool._lock, worker.inbox
     del pool
+    lease: Optional[Lane] = None  # the lane whose lease-wide cleanup is open on this thread
     try:
         item = inbox.get()
         while True:
@@ -587,17 +620,25 @@ def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
                     return
                 with lock:
                     item = pool._next(worker)
+                    bound = worker.lane
                 del pool
+                if lease is not None and bound is not lease:
+                    lease = _end_lease(hooks, worker, lock)
                 if item is None:
                     return
                 if item is _PARK:
                     item = inbox.get()
                     continue
+            lane = item.lane
+            scoped = lane is not None and lane.lease_cleanup
             worker.calls += 1
             worker.started = started = clock()
-            outcome, aliases = _call(hooks, item)
+            outcome, aliases = _call(hooks, item, cleanup=lease is None, keep=scoped)
             finished = clock()
             worker.started = None
+            if scoped:
+                lease = lane
+                worker.stealable = _safely(hooks.lease_is_clean, True)
             pool = pool_ref()
             if pool is None:
                 return
@@ -607,10 +648,13 @@ def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
                 pool._busy -= 1
                 pool._account(item, outcome, started, finished)
                 following = pool._next(worker)
+                bound = worker.lane
             del pool
             if outcome is not None:
                 item.publish(outcome)
             del item, outcome
+            if lease is not None and bound is not lease:
+                lease = _end_lease(hooks, worker, lock)
             if following is None:
                 return
             item = inbox.get() if following is _PARK else following
@@ -623,22 +667,35 @@ def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
             worker.db_aliases = ()
 
 
-def _call(hooks: _Hooks, item: _WorkItem) -> tuple:
-    """Run one item between the hooks.
+def _safely(hook: Callable, default):
+    try:
+        return hook()
+    except Exception:
+        logger.exception("threadgov: connection hook %s failed", getattr(hook, "__name__", hook))
+        return default
+
+
+def _end_lease(hooks: _Hooks, worker: _Worker, lock: threading.Lock) -> None:
+    """The worker left its lease's lane: the cleanup after the lease's last call."""
+    aliases = _safely(hooks.after_call, ())
+    with lock:
+        worker.db_aliases = aliases
+        worker.stealable = True
+    return None
+
+
+def _call(hooks: _Hooks, item: _WorkItem, *, cleanup: bool, keep: bool) -> tuple:
+    """Run one item, with connection cleanup before it (if ``cleanup``) and after it (if
+    ``cleanup`` and not ``keep``: a lease-wide cleanup runs when the lease ends).
 
     Returns (outcome of ``item.run()``, the database aliases now open on this thread or None if
     unknown).
     """
     if item.future.cancelled():  # dropped while queued: no cleanup, no call
         return None, None
-    try:
-        hooks.before_call()
-    except Exception:
-        logger.exception("threadgov: connection cleanup before a call failed")
+    if cleanup:
+        _safely(hooks.before_call, None)
     outcome = item.run()
-    try:
-        aliases = hooks.after_call()
-    except Exception:
-        logger.exception("threadgov: connection cleanup after a call failed")
-        aliases = ()
-    return outcome, aliases
+    if cleanup and not keep:
+        return outcome, _safely(hooks.after_call, ())
+    return outcome, None

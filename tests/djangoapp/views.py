@@ -1,0 +1,37 @@
+from django.db import connections
+from django.http import HttpResponse
+
+from .models import Item
+from .probe import probe
+
+
+def orm(request):
+    """Sync view: two ORM queries on the default (SQLite) database."""
+    probe.record("view", request.headers.get("x-req"))
+    count = Item.objects.count()
+    exists = Item.objects.filter(name="alpha").exists()
+    return HttpResponse(f"{count} {exists}", content_type="text/plain")
+
+
+def block(request):
+    """Sync view that waits on whatever the test put in ``probe.hold`` (a Gate)."""
+    probe.record("view", request.headers.get("x-req"))
+    probe.hold()
+    return HttpResponse("held", content_type="text/plain")
+
+
+def pg(request):
+    """Sync view: the PostgreSQL backend PID of this thread's connection of the ``pg`` alias."""
+    probe.record("view", request.headers.get("x-req"))
+    with connections["pg"].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    probe.hold()
+    return HttpResponse(str(pid), content_type="text/plain")
+
+
+async def wait(request):
+    """Async view standing for slow I/O: awaits ``probe.async_hold`` (an AsyncGate) on the loop."""
+    if probe.async_hold is not None:
+        await probe.async_hold()
+    return HttpResponse("waited", content_type="text/plain")
