@@ -149,3 +149,83 @@ async def test_control_stock_asgiref_opens_a_backend_per_request(thread_starts, 
     threads = probed.all_threads()
     assert len(threads) >= 16 and not any(n.startswith("threadgov-") for n in threads.values())
     assert wait_no_backends(monitor) == set()
+
+
+# -- overload and database faults (back-pressure, broken connections) -------------------------
+
+
+async def test_tenfold_overload_is_refused_with_503_and_stays_bounded(thread_starts, clean_server):
+    """640 concurrent slow requests, N=4, max_queue=32: threads and backends stay within N, the
+    excess gets 503 with Retry-After, every accepted request gets its 200, nothing hangs."""
+    from threadgov.asgi import GovernorMiddleware
+
+    monitor = clean_server
+    threadgov.install(max_threads=4, max_queue=32)
+    try:
+        app = GovernorMiddleware(ASGIHandler(), retry_after=2)
+        seen = []
+
+        def sample(response):
+            if int(response.request_id[1:]) % 40 == 0:
+                seen.append(len(backends(monitor)))
+
+        thread_starts.arm()
+        responses = await asyncio.wait_for(
+            run_many(app, "/pg-slow/", 640, on_response=sample), 60
+        )
+        statuses = [r.status for r in responses]
+        ok = [r for r in responses if r.status == 200]
+        refused = [r for r in responses if r.status == 503]
+        assert len(ok) + len(refused) == 640, sorted(set(statuses))
+        assert ok and refused
+        assert all(r.headers[b"retry-after"] == b"2" for r in refused)
+        assert all(r.text.isdigit() for r in ok)
+        assert len({r.text for r in ok}) <= 4  # distinct backends that served
+        assert seen and max(seen) <= 4, seen
+        assert thread_starts.peak <= thread_starts.before + 4 + 2
+        stats = threadgov.stats()
+        assert stats.rejected == len(refused) and stats.peak_queued <= 32
+        assert stats.threads_alive <= 4
+    finally:
+        assert threadgov.uninstall(timeout=TIMEOUT)
+    assert wait_no_backends(monitor) == set()
+
+
+@pytest.fixture
+def writes_table(clean_server):
+    monitor = clean_server
+    monitor.execute(
+        "CREATE TABLE IF NOT EXISTS threadgov_test_writes (id bigserial PRIMARY KEY, request_id text)"
+    )
+    monitor.execute("TRUNCATE threadgov_test_writes")
+    yield monitor
+    monitor.execute("DROP TABLE IF EXISTS threadgov_test_writes")
+
+
+async def test_killed_backends_are_replaced_without_a_restart(writes_table):
+    """All governed backends are terminated mid-load: requests then in flight may fail, but no
+    request reports a write that was lost, and every later request succeeds."""
+    monitor = writes_table
+    threadgov.install(max_threads=4)
+    try:
+        app = ASGIHandler()
+        killed = []
+
+        def kill_midway(response):
+            if len(killed) == 0 and response.request_id == "a60":
+                killed.append(backends(monitor))
+                terminate_ours(monitor)
+
+        during = await run_many(app, "/pg-write/", 200, concurrency=16, prefix="a", on_response=kill_midway)
+        assert killed and killed[0], "the kill happened while backends were connected"
+        after = await run_many(app, "/pg-write/", 100, concurrency=16, prefix="b")
+
+        assert [r.status for r in after] == [200] * 100
+        reported = {int(r.text): r.request_id for r in during + after if r.status == 200}
+        rows = dict(monitor.execute("SELECT id, request_id FROM threadgov_test_writes").fetchall())
+        lost = {i: rid for i, rid in reported.items() if rows.get(i) != rid}
+        assert not lost, f"{len(lost)} writes reported but not in the table: {list(lost.items())[:3]}"
+        assert len(backends(monitor)) <= 4
+    finally:
+        assert threadgov.uninstall(timeout=TIMEOUT)
+    assert wait_no_backends(monitor) == set()

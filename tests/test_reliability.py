@@ -346,3 +346,44 @@ async def test_middleware_uninstalls_at_lifespan_shutdown_for_an_app_without_lif
         assert not [t for t in threading.enumerate() if t.name.startswith("threadgov-")]
     finally:
         threadgov.uninstall()
+
+
+async def test_a_client_leaving_while_its_request_waits_for_a_worker_frees_its_place(gate):
+    from django.core import signals
+    from django.core.handlers.asgi import ASGIHandler
+
+    threadgov.install(max_threads=1)
+    started_requests = []
+
+    def on_started(sender, scope=None, **kwargs):
+        started_requests.append(dict(scope["headers"]).get(b"x-req"))
+
+    signals.request_started.connect(on_started, dispatch_uid="threadgov-tests-left")
+    try:
+        holder = asyncio.ensure_future(held(gate))  # the only worker is busy
+        await until(lambda: threadgov.stats().busy == 1, "the worker to be busy")
+        leave = asyncio.Event()
+        body_sent = []
+
+        async def receive():
+            if not body_sent:
+                body_sent.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await leave.wait()
+            return {"type": "http.disconnect"}
+
+        scope = dict(http_scope("/orm/"), headers=[(b"host", b"testserver"), (b"x-req", b"left")])
+        send = Collector()
+        request = asyncio.ensure_future(GovernorMiddleware(ASGIHandler())(scope, receive, send))
+        await until(lambda: threadgov.stats().queued == 1, "the request to wait for the worker")
+        leave.set()
+        await asyncio.wait_for(request, TIMEOUT)
+        gate.set()
+        await holder
+        await sync_to_async(name)()  # the worker is free again and has passed the dropped call
+        assert started_requests == [] and send.messages == []
+        assert threadgov.stats().cancelled == 1
+    finally:
+        signals.request_started.disconnect(dispatch_uid="threadgov-tests-left")
+        gate.set()
+        threadgov.uninstall()

@@ -30,6 +30,8 @@ class GovernorMiddleware:
     * HTTP: a request refused by the governor (:class:`~threadgov.PoolSaturated`, from
       ``max_queue`` or ``queue_timeout``) before its response started gets
       ``503 Service Unavailable`` with ``Retry-After: <retry_after>``.
+    * HTTP: a client that disconnects while its request still waits (for a worker, before the
+      application listens for the disconnect itself) cancels it: its queued call never runs.
     * WebSocket: a refused connection is closed with code 1013 (try again later).
     * ``stats_path`` (opt-in, e.g. ``"/_threadgov/stats"``): a GET there answers
       ``threadgov.stats().as_dict()`` as JSON (503 when nothing is installed).
@@ -75,6 +77,8 @@ class GovernorMiddleware:
 
     async def _http(self, scope, receive, send):
         started = False
+        watcher = None  # after the request body: the client's next message (a disconnect)
+        listening = False  # the application has asked for that message itself
 
         async def tracking_send(message):
             nonlocal started
@@ -82,13 +86,41 @@ class GovernorMiddleware:
                 started = True
             await send(message)
 
+        async def watching_receive():
+            nonlocal watcher, listening
+            if watcher is not None:
+                listening = True
+                return await asyncio.shield(watcher)
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(on_client_message)
+            return message
+
+        def on_client_message(future):
+            # A client gone while its request still waits (e.g. for a worker, in Django's
+            # request_started): cancel it, so that its queued call never runs. Once the
+            # application listens for the disconnect itself, it handles it.
+            if not future.cancelled() and future.result()["type"] == "http.disconnect":
+                if not listening and not started:
+                    handler.cancel()
+
+        handler = asyncio.ensure_future(self.app(scope, watching_receive, tracking_send))
         try:
-            await self.app(scope, receive, tracking_send)
+            await asyncio.shield(handler)
+        except asyncio.CancelledError:
+            if not handler.cancelled():  # this middleware's own task is being cancelled
+                handler.cancel()
+                raise
+            return  # the client left before its request was served
         except PoolSaturated as exc:
             if started:
                 raise
             headers = [(b"retry-after", str(self.retry_after).encode())]
             await _respond(send, 503, b"Service Unavailable: " + str(exc).encode(), headers)
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
 
     async def _websocket(self, scope, receive, send):
         closed = False

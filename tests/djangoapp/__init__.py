@@ -40,6 +40,9 @@ def settings_dict(db_dir: str) -> dict:
                 "HOST": PG_PARAMS["host"],
                 "PORT": str(PG_PARAMS["port"]),
                 "CONN_MAX_AGE": 60,
+                # A persistent connection is checked before reuse at each request's start, so a
+                # backend killed between requests is replaced transparently.
+                "CONN_HEALTH_CHECKS": True,
                 "OPTIONS": {"application_name": PG_APPLICATION_NAME, "connect_timeout": 5},
             },
         },

@@ -12,6 +12,7 @@ class Response:
     request_id: str
     status: Optional[int]
     body: bytes
+    headers: dict = None
 
     @property
     def text(self) -> str:
@@ -55,6 +56,7 @@ async def _serve(app, path: str, request_id: str) -> Response:
     async def send(message: dict) -> None:
         if message["type"] == "http.response.start":
             response.status = message["status"]
+            response.headers = dict(message.get("headers", []))
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
 

@@ -7,4 +7,6 @@ urlpatterns = [
     path("block/", views.block),
     path("pg/", views.pg),
     path("wait/", views.wait),
+    path("pg-slow/", views.pg_slow),
+    path("pg-write/", views.pg_write),
 ]

@@ -35,3 +35,22 @@ async def wait(request):
     if probe.async_hold is not None:
         await probe.async_hold()
     return HttpResponse("waited", content_type="text/plain")
+
+
+def pg_slow(request):
+    """Sync view: 50 ms of database work (pg_sleep) on the ``pg`` alias; returns the backend PID."""
+    with connections["pg"].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid() FROM pg_sleep(0.05)")
+        (pid,) = cursor.fetchone()
+    return HttpResponse(str(pid), content_type="text/plain")
+
+
+def pg_write(request):
+    """Sync view: one committed INSERT (autocommit) on the ``pg`` alias; returns the row's id."""
+    with connections["pg"].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO threadgov_test_writes (request_id) VALUES (%s) RETURNING id",
+            [request.headers.get("x-req")],
+        )
+        (row_id,) = cursor.fetchone()
+    return HttpResponse(str(row_id), content_type="text/plain")
