@@ -387,3 +387,24 @@ async def test_a_client_leaving_while_its_request_waits_for_a_worker_frees_its_p
         signals.request_started.disconnect(dispatch_uid="threadgov-tests-left")
         gate.set()
         threadgov.uninstall()
+
+
+async def test_a_running_call_whose_caller_is_cancelled_finishes_and_is_counted_as_dropped(governed, gate):
+    stats = governed(1)
+    finished = []
+    entered = threading.Event()
+
+    def work():
+        entered.set()
+        gate.wait(TIMEOUT)
+        finished.append(True)
+
+    call = asyncio.ensure_future(sync_to_async(work, thread_sensitive=False)())
+    await until(entered.is_set, "the call to start")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    gate.set()
+    assert (await sync_to_async(name, thread_sensitive=False)()) == "threadgov-1"
+    assert finished == [True]
+    assert stats().dropped == 1 and stats().cancelled == 0 and stats().completed == 2

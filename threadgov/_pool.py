@@ -39,6 +39,25 @@ __all__ = ["Pool", "Lane", "SharedExecutor"]
 logger = logging.getLogger("threadgov")
 
 
+class _Future(Future):
+    """A future that notices when its caller gives up on it while the call runs.
+
+    asyncio cancels the concurrent future of a cancelled ``run_in_executor`` await; once the call
+    runs, that cancel fails and the result will be dropped: the pool counts it.
+    """
+
+    def __init__(self, pool: "Pool"):
+        super().__init__()
+        self._pool = pool
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            return True
+        if self.running():
+            self._pool._note_dropped()
+        return False
+
+
 class _WorkItem:
     __slots__ = ("future", "fn", "args", "kwargs", "enqueued", "lane", "_token")
 
@@ -246,6 +265,7 @@ class Pool:
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
+        self.dropped = 0
         self.rejected = 0
         self._last_start = clock()
         self.wait_times = SampleWindow()
@@ -257,7 +277,7 @@ class Pool:
         return Lane(self, sticky=sticky, lease_cleanup=lease_cleanup)
 
     def _submit_lane(self, lane: Lane, fn, args, kwargs) -> Optional[Future]:
-        future: Future = Future()
+        future: Future = _Future(self)
         admission = False
         with self._lock:
             if self._closing:
@@ -285,7 +305,7 @@ class Pool:
         return future
 
     def _submit_shared(self, fn, args, kwargs) -> Optional[Future]:
-        future: Future = Future()
+        future: Future = _Future(self)
         with self._lock:
             if self._closing:
                 return None
@@ -325,6 +345,10 @@ class Pool:
             self._account(item, outcome, started, finished)
         if outcome is not None:
             item.publish(outcome)
+
+    def _note_dropped(self) -> None:
+        with self._lock:
+            self.dropped += 1
 
     def _full(self) -> bool:
         return self.max_queue is not None and self._queued >= self.max_queue
@@ -588,6 +612,7 @@ class Pool:
                 completed=self.completed,
                 failed=self.failed,
                 cancelled=self.cancelled,
+                dropped=self.dropped,
                 rejected=self.rejected,
                 wait_values=self.wait_times.values(),
                 wait_max=self.wait_times.max,

@@ -85,6 +85,7 @@ class Stats:
     completed: int
     failed: int
     cancelled: int
+    dropped: int
     rejected: int
     slow_calls: int
     wait_time: Timings
