@@ -59,7 +59,8 @@ def thread_starts(monkeypatch):
 
 @pytest.fixture
 def governor(thread_starts, monkeypatch):
-    """install(max_threads, **kwargs) for one test; always uninstalled, no worker left behind.
+    """install(max_threads, **kwargs) -> threadgov.stats, for one test; always uninstalled, no worker
+    left behind.
 
     Depends on thread_starts so that it is torn down (uninstalled) before threads are joined.
     Options not passed are off: none comes from a THREADGOV_* variable of the environment.
@@ -67,8 +68,9 @@ def governor(thread_starts, monkeypatch):
     for var in [name for name in os.environ if name.startswith("THREADGOV_")]:
         monkeypatch.delenv(var)
 
-    def install(max_threads: int, **kwargs) -> None:
+    def install(max_threads: int, **kwargs):
         threadgov.install(max_threads=max_threads, **kwargs)
+        return threadgov.stats
 
     yield install
     assert threadgov.uninstall(timeout=TIMEOUT), "workers still running after uninstall()"

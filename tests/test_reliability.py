@@ -8,33 +8,14 @@ import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 
 import threadgov
+from djangoapp.probe import TIMEOUT
+from djangoapp.testing import until
 from threadgov._governor import current
 from threadgov.asgi import TRY_AGAIN_LATER, GovernorMiddleware
-
-TIMEOUT = 10
 
 
 def name():
     return threading.current_thread().name
-
-
-async def until(predicate, what="condition"):
-    for _ in range(100_000):
-        if predicate():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def governed():
-    def install(max_threads, **kwargs):
-        threadgov.install(max_threads=max_threads, **kwargs)
-        return threadgov.stats
-
-    yield install
-    assert threadgov.uninstall(timeout=TIMEOUT)
-    assert not [t for t in threading.enumerate() if t.name.startswith("threadgov-")]
 
 
 @pytest.fixture
@@ -48,8 +29,8 @@ def held(gate):
     return sync_to_async(gate.wait, thread_sensitive=False)(TIMEOUT)
 
 
-async def test_full_queue_refuses_non_sensitive_calls(governed, gate):
-    stats = governed(1, max_queue=2)
+async def test_full_queue_refuses_non_sensitive_calls(governor, gate):
+    stats = governor(1, max_queue=2)
     ran = []
     holder = asyncio.ensure_future(held(gate))
     await until(lambda: stats().busy == 1, "the worker to be busy")
@@ -63,8 +44,8 @@ async def test_full_queue_refuses_non_sensitive_calls(governed, gate):
     assert ran == [0, 1]
 
 
-async def test_full_queue_refuses_new_contexts_but_never_an_admitted_one(governed):
-    stats = governed(1, max_queue=1)
+async def test_full_queue_refuses_new_contexts_but_never_an_admitted_one(governor):
+    stats = governor(1, max_queue=1)
     release = asyncio.Event()
     second_call = []
 
@@ -91,8 +72,8 @@ async def test_full_queue_refuses_new_contexts_but_never_an_admitted_one(governe
     assert stats().rejected == 1
 
 
-async def test_max_queue_zero_refuses_whenever_no_thread_is_free(governed, gate):
-    stats = governed(1, max_queue=0)
+async def test_max_queue_zero_refuses_whenever_no_thread_is_free(governor, gate):
+    stats = governor(1, max_queue=0)
     holder = asyncio.ensure_future(held(gate))
     await until(lambda: stats().busy == 1, "the worker to be busy")
     with pytest.raises(threadgov.PoolSaturated):
@@ -102,8 +83,8 @@ async def test_max_queue_zero_refuses_whenever_no_thread_is_free(governed, gate)
     assert (await sync_to_async(name, thread_sensitive=False)()) == "threadgov-1"
 
 
-async def test_queue_timeout_expires_a_waiting_call_which_then_never_runs(governed, gate):
-    stats = governed(1, queue_timeout=0.05)
+async def test_queue_timeout_expires_a_waiting_call_which_then_never_runs(governor, gate):
+    stats = governor(1, queue_timeout=0.05)
     ran = []
     holder = asyncio.ensure_future(held(gate))
     await until(lambda: stats().busy == 1, "the worker to be busy")
@@ -171,8 +152,8 @@ def held_in_a_slow_call(gate, entered):
     gate.wait(TIMEOUT)
 
 
-async def test_a_slow_call_is_logged_once_with_its_stack(governed, gate, caplog):
-    stats = governed(1, slow_call_threshold=3600)  # the watchdog thread never fires by itself
+async def test_a_slow_call_is_logged_once_with_its_stack(governor, gate, caplog):
+    stats = governor(1, slow_call_threshold=3600)  # the watchdog thread never fires by itself
     watchdog = current()._watchdog
     entered = threading.Event()
     call = asyncio.ensure_future(sync_to_async(held_in_a_slow_call, thread_sensitive=False)(gate, entered))
@@ -190,8 +171,8 @@ async def test_a_slow_call_is_logged_once_with_its_stack(governed, gate, caplog)
     await call
 
 
-async def test_a_stalled_pool_is_reported_once(governed, gate, caplog):
-    stats = governed(1, slow_call_threshold=3600)
+async def test_a_stalled_pool_is_reported_once(governor, gate, caplog):
+    stats = governor(1, slow_call_threshold=3600)
     watchdog = current()._watchdog
     holder = asyncio.ensure_future(held(gate))
     await until(lambda: stats().busy == 1, "the worker to be busy")
@@ -314,8 +295,8 @@ async def test_middleware_closes_a_refused_websocket_with_1013():
     assert send.messages == [{"type": "websocket.close", "code": TRY_AGAIN_LATER}]
 
 
-async def test_middleware_serves_stats_when_asked(governed):
-    governed(2)
+async def test_middleware_serves_stats_when_asked(governor):
+    governor(2)
     send = Collector()
     await GovernorMiddleware(refusing_app, stats_path="/_threadgov/stats")(
         http_scope("/_threadgov/stats"), no_body, send
@@ -389,8 +370,8 @@ async def test_a_client_leaving_while_its_request_waits_for_a_worker_frees_its_p
         threadgov.uninstall()
 
 
-async def test_a_running_call_whose_caller_is_cancelled_finishes_and_is_counted_as_dropped(governed, gate):
-    stats = governed(1)
+async def test_a_running_call_whose_caller_is_cancelled_finishes_and_is_counted_as_dropped(governor, gate):
+    stats = governor(1)
     finished = []
     entered = threading.Event()
 

@@ -11,38 +11,16 @@ import pytest
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext, async_to_sync, sync_to_async
 
 import threadgov
-
-TIMEOUT = 10  # seconds; only a safety net for a broken build, never a synchronisation
+from djangoapp.probe import TIMEOUT
+from djangoapp.testing import until
 
 
 def name():
     return threading.current_thread().name
 
 
-async def until(predicate, what="condition"):
-    """Yield to the loop until predicate() holds (state changes come from worker threads)."""
-    for _ in range(100_000):
-        if predicate():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def governed():
-    """install(**kwargs) for one test; always uninstalled, and no worker left behind."""
-
-    def install(max_threads, **kwargs):
-        threadgov.install(max_threads=max_threads, **kwargs)
-        return threadgov.stats
-
-    yield install
-    assert threadgov.uninstall(timeout=TIMEOUT)
-    assert not [t for t in threading.enumerate() if t.name.startswith("threadgov-")]
-
-
-async def test_context_keeps_one_thread_and_contexts_share_n(governed):
-    governed(3)
+async def test_context_keeps_one_thread_and_contexts_share_n(governor):
+    governor(3)
 
     async def request():
         async with ThreadSensitiveContext():
@@ -59,8 +37,8 @@ async def test_context_keeps_one_thread_and_contexts_share_n(governed):
     assert threadgov.stats().threads_alive <= 3
 
 
-async def test_waiting_contexts_are_served_in_fifo_order(governed):
-    stats = governed(1)
+async def test_waiting_contexts_are_served_in_fifo_order(governor):
+    stats = governor(1)
     order = []
     release_first = asyncio.Event()
 
@@ -85,14 +63,14 @@ async def test_waiting_contexts_are_served_in_fifo_order(governed):
     assert order == list("abcde")
 
 
-async def test_calls_outside_a_context_share_one_governed_thread(governed):
-    governed(4)
+async def test_calls_outside_a_context_share_one_governed_thread(governor):
+    governor(4)
     names = await asyncio.gather(*(sync_to_async(name)() for _ in range(20)))
     assert len(set(names)) == 1 and names[0].startswith("threadgov-")
 
 
-async def test_non_sensitive_calls_are_bounded(governed):
-    stats = governed(3)
+async def test_non_sensitive_calls_are_bounded(governor):
+    stats = governor(3)
     gate = threading.Event()
 
     def blocked():
@@ -108,8 +86,8 @@ async def test_non_sensitive_calls_are_bounded(governed):
     assert stats().completed == 30 and stats().peak_busy == 3 and stats().peak_queued == 27
 
 
-async def test_loop_default_executor_is_governed(governed):
-    governed(2)  # the loop is running: install() adopts it at once
+async def test_loop_default_executor_is_governed(governor):
+    governor(2)  # the loop is running: install() adopts it at once
     loop = asyncio.get_running_loop()
     names = await asyncio.gather(
         asyncio.to_thread(name),
@@ -119,8 +97,8 @@ async def test_loop_default_executor_is_governed(governed):
     assert all(n.startswith("threadgov-") for n in names) and len(set(names)) <= 2
 
 
-def test_loop_created_after_install_is_adopted_at_its_first_governed_call(governed):
-    governed(2)
+def test_loop_created_after_install_is_adopted_at_its_first_governed_call(governor):
+    governor(2)
 
     async def main():
         async with ThreadSensitiveContext():
@@ -130,8 +108,8 @@ def test_loop_created_after_install_is_adopted_at_its_first_governed_call(govern
     assert asyncio.run(main()).startswith("threadgov-")
 
 
-async def test_contexts_holding_every_worker_can_still_run_non_sensitive_calls(governed):
-    stats = governed(2)
+async def test_contexts_holding_every_worker_can_still_run_non_sensitive_calls(governor):
+    stats = governor(2)
     all_leased = asyncio.Event()
 
     async def request():
@@ -146,10 +124,10 @@ async def test_contexts_holding_every_worker_can_still_run_non_sensitive_calls(g
     assert all(n.startswith("threadgov-") for n in names)
 
 
-async def test_blocked_workers_waiting_on_non_sensitive_calls_do_not_deadlock(governed):
+async def test_blocked_workers_waiting_on_non_sensitive_calls_do_not_deadlock(governor):
     """Every worker sits in async_to_sync awaiting a non-sensitive call (e.g. DNS through the
     loop's default executor): the waiting threads run those calls themselves."""
-    stats = governed(2)
+    stats = governor(2)
     both_in = threading.Barrier(2, timeout=TIMEOUT)
 
     async def inner():
@@ -173,8 +151,8 @@ async def test_blocked_workers_waiting_on_non_sensitive_calls_do_not_deadlock(go
     assert stats().threads_alive == 2
 
 
-async def test_nested_thread_sensitive_call_runs_on_the_calling_thread(governed):
-    stats = governed(2)
+async def test_nested_thread_sensitive_call_runs_on_the_calling_thread(governor):
+    stats = governor(2)
 
     async def inner():
         return await sync_to_async(name)()
@@ -190,8 +168,8 @@ async def test_nested_thread_sensitive_call_runs_on_the_calling_thread(governed)
     assert threading.active_count() <= before + 1  # at most the one worker, started lazily
 
 
-async def test_cancelled_queued_non_sensitive_call_never_runs(governed):
-    stats = governed(1)
+async def test_cancelled_queued_non_sensitive_call_never_runs(governor):
+    stats = governor(1)
     gate = threading.Event()
     ran = []
     holder = asyncio.ensure_future(sync_to_async(gate.wait, thread_sensitive=False)(TIMEOUT))
@@ -208,8 +186,8 @@ async def test_cancelled_queued_non_sensitive_call_never_runs(governed):
     assert stats().cancelled == 1
 
 
-async def test_cancelled_request_waiting_for_a_worker_never_runs(governed):
-    stats = governed(1)
+async def test_cancelled_request_waiting_for_a_worker_never_runs(governor):
+    stats = governor(1)
     release = asyncio.Event()
     ran = []
 
@@ -246,8 +224,8 @@ def explode():
 
 
 @pytest.mark.parametrize("thread_sensitive", [True, False])
-async def test_exceptions_propagate_as_in_asgiref(governed, thread_sensitive):
-    stats = governed(2)
+async def test_exceptions_propagate_as_in_asgiref(governor, thread_sensitive):
+    stats = governor(2)
     with pytest.raises(Boom, match="from the worker") as info:
         await sync_to_async(explode, thread_sensitive=thread_sensitive)()
     assert any(entry.name == "explode" for entry in info.traceback)
@@ -275,16 +253,16 @@ async def contextvar_scenario():
     return seen_sensitive, after_sensitive, seen_other, after_other
 
 
-async def test_contextvars_behave_as_in_asgiref(governed):
+async def test_contextvars_behave_as_in_asgiref(governor):
     stock = await asyncio.create_task(contextvar_scenario())
-    governed(2)
+    governor(2)
     ours = await asyncio.create_task(contextvar_scenario())
     assert ours == stock
     assert ours[0] == "set-in-loop" and ours[1] == "set-in-thread"
 
 
-async def test_call_affinity_frees_the_worker_between_calls(governed):
-    stats = governed(1, affinity="call")
+async def test_call_affinity_frees_the_worker_between_calls(governor):
+    stats = governor(1, affinity="call")
     slow_io = asyncio.Event()
 
     async def slow_request():
@@ -304,8 +282,8 @@ async def test_call_affinity_frees_the_worker_between_calls(governed):
     assert {first, second, other} == {"threadgov-1"}
 
 
-async def test_request_affinity_keeps_the_worker_between_calls(governed):
-    stats = governed(1)
+async def test_request_affinity_keeps_the_worker_between_calls(governor):
+    stats = governor(1)
     slow_io = asyncio.Event()
 
     async def slow_request():
@@ -329,8 +307,8 @@ async def test_request_affinity_keeps_the_worker_between_calls(governed):
     assert stats().leased == 0 or stats().waiting_contexts == 0
 
 
-async def test_call_affinity_keeps_a_contexts_calls_in_order(governed):
-    governed(2, affinity="call")
+async def test_call_affinity_keeps_a_contexts_calls_in_order(governor):
+    governor(2, affinity="call")
     seen = []
 
     async with ThreadSensitiveContext():
@@ -338,8 +316,8 @@ async def test_call_affinity_keeps_a_contexts_calls_in_order(governed):
     assert seen == list(range(50))
 
 
-async def test_context_exit_starts_no_thread(governed, monkeypatch):
-    governed(2)
+async def test_context_exit_starts_no_thread(governor, monkeypatch):
+    governor(2)
 
     async def request():
         async with ThreadSensitiveContext():
@@ -366,16 +344,16 @@ async def test_context_exit_starts_no_thread(governed, monkeypatch):
     "executor" not in inspect.signature(ThreadSensitiveContext).parameters,
     reason="ThreadSensitiveContext(executor=...) needs asgiref 3.13",
 )
-async def test_an_explicit_context_executor_is_honoured(governed):
-    governed(2)
+async def test_an_explicit_context_executor_is_honoured(governor):
+    governor(2)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mine") as mine:
         async with ThreadSensitiveContext(executor=mine):
             assert (await sync_to_async(name)()).startswith("mine")
 
 
-async def test_channels_database_sync_to_async_is_governed(governed):
+async def test_channels_database_sync_to_async_is_governed(governor):
     db = pytest.importorskip("channels.db")
-    governed(2)
+    governor(2)
     names = await asyncio.gather(*(db.database_sync_to_async(name)() for _ in range(5)))
     assert all(n.startswith("threadgov-") for n in names)
 
@@ -422,8 +400,8 @@ def test_install_twice_is_a_no_op_and_uninstall_twice_too():
         assert threadgov.uninstall()
 
 
-async def test_a_context_collected_without_exiting_frees_its_worker(governed):
-    stats = governed(1)
+async def test_a_context_collected_without_exiting_frees_its_worker(governor):
+    stats = governor(1)
 
     class Context:  # stands in for a ThreadSensitiveContext dropped without __aexit__
         pass
@@ -433,13 +411,13 @@ async def test_a_context_collected_without_exiting_frees_its_worker(governed):
     assert lanes[abandoned].submit(name).result(TIMEOUT) == "threadgov-1"
     await until(lambda: stats().completed == 1, "the call to be counted")
     assert stats().leased == 1
-    del abandoned  # the last reference: the lane is released at the next governed call
+    del abandoned  # the last reference: the lane is released at the next governor call
     async with ThreadSensitiveContext():
         assert (await asyncio.wait_for(sync_to_async(name)(), TIMEOUT)) == "threadgov-1"
 
 
-async def test_a_serial_context_keeps_order_but_holds_no_worker_while_idle(governed):
-    stats = governed(1)  # affinity "request": serial contexts are non-sticky all the same
+async def test_a_serial_context_keeps_order_but_holds_no_worker_while_idle(governor):
+    stats = governor(1)  # affinity "request": serial contexts are non-sticky all the same
     routing = threadgov._governor.current()
     idle = asyncio.Event()
     seen = []
