@@ -9,8 +9,9 @@ asgiref's ``SyncToAsync`` picks a thread for a thread-sensitive call, first matc
    governed lane; its ``pop()`` at context exit releases the lane and returns no executor, so
    asgiref starts no join thread (3.13) and shuts nothing down on the loop (3.8). An executor given
    with ``ThreadSensitiveContext(executor=...)`` (3.13) is stored and honoured as is;
-3. ``SyncToAsync.single_thread_executor`` (outside any context): replaced by a sticky lane, so all
-   such calls still share one thread, one of the pool's.
+3. ``SyncToAsync.single_thread_executor`` (outside any context): replaced by one serial lane, so
+   such calls still run one at a time, in order, on one of the pool's threads (the same one while
+   it is free).
 
 Non-sensitive calls go to the loop's default executor, which becomes the pool's
 :class:`~threadgov._pool.SharedExecutor` on every loop that makes a governed call (and on the loop
@@ -101,10 +102,16 @@ class ContextLanes(weakref.WeakKeyDictionary):
 
 
 class _SharedLane(Lane):
-    """The lane that stands in for asgiref's process-wide single thread."""
+    """The lane that stands in for asgiref's process-wide single thread.
+
+    Its calls run one at a time, in order, on the worker it used last whenever that one is free,
+    but it holds no worker between calls: a sticky lane here would keep one of the N workers for
+    good after the first such call (a Channels middleware's user lookup, say), and with N=1 every
+    request would then wait forever.
+    """
 
     def __init__(self, pool: Pool, on_call: Callable[[], None]):
-        super().__init__(pool, sticky=True)
+        super().__init__(pool, sticky=False)
         self._on_call = on_call
 
     def submit(self, fn, /, *args, **kwargs):

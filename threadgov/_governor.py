@@ -6,6 +6,7 @@ import time
 from typing import Callable, Optional
 
 from ._asgiref import Routing, waiting_thread_executor
+from ._channels import install_channels, uninstall_channels
 from ._django import ConnectionCleanup
 from ._errors import ConfigurationError, NotInstalledError
 from ._options import Options, resolve_options
@@ -58,10 +59,12 @@ class Governor:
 
     def start(self) -> None:
         self._routing.install()
+        install_channels(self)
         if self._watchdog is not None:
             self._watchdog.start()
 
     def stop(self, timeout: Optional[float] = DEFAULT_TIMEOUT, *, cancel_queued: bool = False) -> bool:
+        uninstall_channels()
         self._routing.uninstall()
         if self._watchdog is not None:
             self._watchdog.stop()

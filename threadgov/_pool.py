@@ -155,6 +155,7 @@ class Lane(Executor):
         self.waiting = False
         self.released = False
         self.admitted = False  # has had a worker: its later calls are never refused
+        self.last: Optional[_Worker] = None  # its previous worker, preferred when free
         self.seq = 0
         # Used only once the pool has shut down (stock behaviour: one thread per lane).
         self._fallback: Optional[ThreadPoolExecutor] = None
@@ -286,7 +287,7 @@ class Pool:
             self.submitted += 1
             worker = lane.worker
             if worker is None and not lane.waiting:
-                worker = self._free_worker()
+                worker = self._free_worker(lane.last)
                 if worker is not None:
                     self._bind(worker, lane)
                 else:
@@ -394,9 +395,12 @@ class Pool:
         if self._queued > self.peak_queued:
             self.peak_queued = self._queued
 
-    def _free_worker(self) -> Optional[_Worker]:
-        """A parked worker without a lane, or a new (parked) thread if there is room (lock held)."""
+    def _free_worker(self, prefer: Optional[_Worker] = None) -> Optional[_Worker]:
+        """A parked worker without a lane (``prefer`` if it is one), or a new (parked) thread if
+        there is room (lock held)."""
         if self._idle_free:
+            if prefer is not None and prefer in self._idle_free:
+                return prefer
             return next(reversed(self._idle_free))
         if len(self._workers) < self.size:
             worker = _Worker(next(self._indexes))
@@ -416,6 +420,7 @@ class Pool:
             self._idle_free.pop(worker, None)
             self._idle_leased[worker] = None
         lane.admitted = True
+        lane.last = worker
         worker.lane = lane
         lane.worker = worker
         self._leased += 1
