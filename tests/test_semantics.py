@@ -436,3 +436,12 @@ async def test_a_serial_context_keeps_order_but_holds_no_worker_while_idle(gover
     idle.set()
     await asyncio.wait_for(task, TIMEOUT)
     assert seen == list(range(20)) + ["last"]
+
+
+async def test_a_call_outside_any_context_does_not_keep_the_only_worker(governor):
+    stats = governor(1)
+    assert (await sync_to_async(name)()) == "threadgov-1"  # e.g. a Channels middleware's lookup
+    await until(lambda: stats().busy == 0, "the call to finish")
+    assert stats().leased == 0
+    async with ThreadSensitiveContext():
+        assert (await asyncio.wait_for(sync_to_async(name)(), TIMEOUT)) == "threadgov-1"
