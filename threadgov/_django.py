@@ -1,4 +1,4 @@
-"""Django database connection cleanup around governed calls (as Channels' ``database_sync_to_async``)."""
+"""Django database connection cleanup around governed work (as Channels' ``database_sync_to_async``)."""
 
 import threading
 import time
@@ -7,37 +7,47 @@ from ._pool import _Hooks
 
 __all__ = ["ConnectionCleanup"]
 
+_RECEIVER_UID = "threadgov-connection-created"
+
 
 class ConnectionCleanup(_Hooks):
-    """``close_old_connections()`` before and after every call on a worker thread — or, for a
-    request that keeps its worker (affinity "request"), before its first call and after its last.
+    """What ``close_old_connections()`` does, around governed work on a worker thread.
 
     Django keeps one connection per alias per thread, so with at most N workers, persistent
     connections (``CONN_MAX_AGE > 0``) are reused by at most N threads, and obsolete or broken ones
     are dropped. Nothing happens until Django's settings are configured; connections are never
     opened here, only closed.
 
-    Between two calls, nothing but time touches a worker's connections (only governed calls run
-    there), so the cleanup before a call can only find a connection past its ``CONN_MAX_AGE``: it
-    runs when the earliest such deadline, noted after the previous call, has passed.
+    Two shortcuts keep this cheap for calls that do not touch the database:
+
+    * a thread known to hold no open connection is skipped: Django's ``connection_created``
+      signal, sent on the thread that connects, marks the thread again;
+    * between two calls nothing but time touches a worker's connections (only governed calls run
+      there), so the cleanup before a call only runs once the earliest ``CONN_MAX_AGE`` deadline
+      noted after the previous call has passed.
     """
 
     def __init__(self) -> None:
-        self._ready = False
         self._connections = None
-        self._thread = threading.local()  # due: monotonic time of the earliest close_at, or None
+        # Per thread: ``opened`` (False: no open connection; absent: unknown) and ``due`` (the
+        # monotonic time of the earliest close_at among its open connections, or None).
+        self._thread = threading.local()
 
     def _handler(self):
-        if not self._ready:
+        if self._connections is None:
             from django.conf import settings
 
             if not settings.configured:
                 return None
             from django.db import connections
+            from django.db.backends.signals import connection_created
 
+            connection_created.connect(self._opened, weak=False, dispatch_uid=_RECEIVER_UID)
             self._connections = connections
-            self._ready = True
         return self._connections
+
+    def _opened(self, sender, connection=None, **kwargs) -> None:
+        self._thread.opened = True
 
     def before_call(self) -> None:
         due = getattr(self._thread, "due", None)
@@ -45,6 +55,8 @@ class ConnectionCleanup(_Hooks):
             self.after_call()
 
     def after_call(self) -> tuple:
+        if getattr(self._thread, "opened", True) is False:
+            return ()
         connections = self._handler()
         if connections is None:
             return ()
@@ -57,9 +69,12 @@ class ConnectionCleanup(_Hooks):
                 if conn.close_at is not None and (due is None or conn.close_at < due):
                     due = conn.close_at
         self._thread.due = due
+        self._thread.opened = bool(aliases)
         return tuple(aliases)
 
     def lease_is_clean(self) -> bool:
+        if getattr(self._thread, "opened", True) is False:
+            return True
         connections = self._handler()
         if connections is None:
             return True
@@ -72,3 +87,9 @@ class ConnectionCleanup(_Hooks):
         connections = self._handler()
         if connections is not None:
             connections.close_all()
+
+    def close(self) -> None:
+        if self._connections is not None:
+            from django.db.backends.signals import connection_created
+
+            connection_created.disconnect(dispatch_uid=_RECEIVER_UID)

@@ -220,6 +220,9 @@ class _Hooks:
     def thread_exit(self) -> None:
         pass
 
+    def close(self) -> None:
+        """The pool has shut down."""
+
 
 class Pool:
     """At most ``size`` worker threads, started lazily, named ``<name>-<i>``."""
@@ -568,6 +571,7 @@ class Pool:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             worker.thread.join(remaining)
         alive = [w.thread.name for w in workers if w.thread.is_alive() and w.thread is not current]
+        self._hooks.close()
         if alive:
             logger.warning("threadgov: %d worker(s) still running at shutdown: %s", len(alive), alive)
         return not alive
