@@ -97,14 +97,20 @@ async def test_queue_timeout_expires_a_waiting_call_which_then_never_runs(govern
     assert ran == ["after"]
 
 
-async def test_uninstall_can_cancel_queued_calls(gate):
+async def one_worker_held_and_three_calls_queued(gate, ran):
+    """install(max_threads=1); the worker held by ``gate``; three calls appending to ``ran`` queued."""
     threadgov.install(max_threads=1)
+    holder = asyncio.ensure_future(held(gate))
+    await until(lambda: threadgov.stats().busy == 1, "the worker to be busy")
+    queued = [asyncio.ensure_future(sync_to_async(ran.append, thread_sensitive=False)(i)) for i in range(3)]
+    await until(lambda: threadgov.stats().queued == 3, "three queued calls")
+    return holder, queued
+
+
+async def test_uninstall_can_cancel_queued_calls(gate):
     try:
         ran = []
-        holder = asyncio.ensure_future(held(gate))
-        await until(lambda: threadgov.stats().busy == 1, "the worker to be busy")
-        queued = [asyncio.ensure_future(sync_to_async(ran.append, thread_sensitive=False)(i)) for i in range(3)]
-        await until(lambda: threadgov.stats().queued == 3, "three queued calls")
+        holder, queued = await one_worker_held_and_three_calls_queued(gate, ran)
         governor = current()
         result = []
 
@@ -128,13 +134,9 @@ async def test_uninstall_can_cancel_queued_calls(gate):
 
 
 async def test_uninstall_drains_queued_calls_by_default(gate):
-    threadgov.install(max_threads=1)
     try:
         ran = []
-        holder = asyncio.ensure_future(held(gate))
-        await until(lambda: threadgov.stats().busy == 1, "the worker to be busy")
-        queued = [asyncio.ensure_future(sync_to_async(ran.append, thread_sensitive=False)(i)) for i in range(3)]
-        await until(lambda: threadgov.stats().queued == 3, "three queued calls")
+        holder, queued = await one_worker_held_and_three_calls_queued(gate, ran)
         stopper = threading.Thread(target=threadgov.uninstall, kwargs={"timeout": TIMEOUT})
         stopper.start()
         gate.set()
