@@ -152,7 +152,7 @@ def wait_no_backends(monitor, prefix: str, timeout: float = 10.0) -> Dict[str, i
     """Backends leave pg_stat_activity shortly after their clients close them."""
     deadline = time.monotonic() + timeout
     while (left := backends(monitor, prefix)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # sleep-ok: polls the server, which sends no event
     return left
 
 
@@ -228,7 +228,7 @@ class Server:
             except OSError:
                 if time.monotonic() > deadline:
                     pytest.fail(f"{self.kind.name} not ready in {STARTUP_TIMEOUT} s:\n{self.log()}")
-                time.sleep(0.1)
+                time.sleep(0.1)  # sleep-ok: polls a starting server
 
     def stop(self) -> Optional[int]:
         """Send the kind's stop signal to the server's main process; its exit code, or None."""
