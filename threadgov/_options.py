@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from ._errors import ConfigurationError
+from ._sizing import parse_whole
 
 __all__ = ["AFFINITIES", "Options", "resolve_options"]
 
@@ -25,7 +26,6 @@ SLOW_CALL_VAR = "THREADGOV_SLOW_CALL"
 MAX_QUEUE_LIMIT = 1_000_000
 MAX_SECONDS = 86_400.0
 
-_DIGITS = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 
@@ -78,13 +78,7 @@ def check_seconds(value: object, *, setting: str) -> Optional[float]:
 
 
 def parse_max_queue(text: str, *, setting: str = MAX_QUEUE_VAR) -> int:
-    stripped = text.strip()
-    digits = stripped.lstrip("0") or "0"
-    if not _DIGITS.fullmatch(stripped) or len(digits) > len(str(MAX_QUEUE_LIMIT)) or int(digits) > MAX_QUEUE_LIMIT:
-        raise ConfigurationError(
-            f"{setting}={text!r} is not valid: expected a whole number from 0 to {MAX_QUEUE_LIMIT}"
-        )
-    return int(digits)
+    return parse_whole(text, setting=setting, low=0, high=MAX_QUEUE_LIMIT)
 
 
 def parse_seconds(text: str, *, setting: str) -> float:

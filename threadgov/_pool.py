@@ -115,7 +115,7 @@ _PARK = object()
 
 
 class _Worker:
-    # Every field but ``inbox`` is guarded by the pool's lock.
+    # Guarded by the pool's lock, except ``inbox`` and the fields the worker thread writes itself.
     __slots__ = (
         "index", "thread", "inbox", "lane", "parked", "stealable", "db_aliases", "calls", "started"
     )
@@ -128,6 +128,7 @@ class _Worker:
         self.lane: Optional["Lane"] = None
         self.parked = True  # a new worker waits for its first item
         # False while its lease has a transaction open: then it runs no other caller's calls.
+        # Written by the worker thread itself (read by it in _next, and under the lock).
         self.stealable = True
         self.db_aliases: tuple = ()
         # Written by the worker thread only, read by the watchdog: the number of calls started

@@ -29,26 +29,27 @@ class Size(NamedTuple):
     source: str
 
 
-def _accepted() -> str:
-    return f"expected a whole number from 1 to {MAX_THREADS}"
+def _accepted(low: int = 1, high: int = MAX_THREADS) -> str:
+    return f"expected a whole number from {low} to {high}"
 
 
-def parse_threads(value: str, *, setting: str = ENV_VAR) -> int:
-    """Parse a thread count given as text (e.g. an environment variable).
+def parse_whole(value: str, *, setting: str, low: int, high: int) -> int:
+    """Parse a whole number given as text (e.g. an environment variable), from ``low`` to ``high``.
 
     Surrounding whitespace is ignored; anything but plain ASCII digits in range is rejected.
     """
     text = value.strip()
     # Leading zeros dropped and the length checked first: int() refuses strings of more than
     # 4300 digits with a plain ValueError that would not name the setting.
-    digits = text.lstrip("0")
-    if (
-        not _DIGITS.fullmatch(text)
-        or len(digits) > len(str(MAX_THREADS))
-        or not 1 <= int(digits or "0") <= MAX_THREADS
-    ):
-        raise ConfigurationError(f"{setting}={value!r} is not valid: {_accepted()}")
+    digits = text.lstrip("0") or "0"
+    if not _DIGITS.fullmatch(text) or len(digits) > len(str(high)) or not low <= int(digits) <= high:
+        raise ConfigurationError(f"{setting}={value!r} is not valid: {_accepted(low, high)}")
     return int(digits)
+
+
+def parse_threads(value: str, *, setting: str = ENV_VAR) -> int:
+    """Parse a thread count given as text (e.g. ``ASGI_THREADS``)."""
+    return parse_whole(value, setting=setting, low=1, high=MAX_THREADS)
 
 
 def check_threads(value: object, *, setting: str = "max_threads") -> int:
