@@ -1,8 +1,8 @@
 """Channels consumers under the governor (threadgov/_channels.py).
 
 Each consumer instance runs in a serial context: its thread-sensitive calls (sync handlers,
-``database_sync_to_async``) run one at a time and in order, on governed workers; different
-consumers run in parallel on up to N workers. Consumers are driven in-process with Channels'
+``database_sync_to_async``) run one at a time and in order, on its home worker; different consumers
+run in parallel on up to N workers. Consumers are driven in-process with Channels'
 ``WebsocketCommunicator``. Parallelism is shown with barriers, never with timings, except in the
 acceptance test at the end, which the issue states in seconds (upper bounds only, loosely).
 """
@@ -645,6 +645,8 @@ async def test_acceptance_50_consumers_4_calls_each_on_8_threads(governed):
     threads = calls.threads()
     assert len(calls.records) == 200
     assert 1 < len(threads) <= 8 and all(governed_worker(n) for n in threads), threads
+    for i in range(50):  # each consumer's calls on one thread (run_sleepers checked the order)
+        assert len({r[2] for r in calls.of(f"a{i}")}) == 1, calls.of(f"a{i}")
     stats = threadgov.stats()
     assert stats.threads_alive <= 8 and stats.peak_busy <= 8
     assert elapsed < 4.0, f"50 x 4 calls of 100 ms on 8 threads took {elapsed:.2f} s"

@@ -2,6 +2,7 @@
 Django does, and never lends a worker with an open transaction to another caller."""
 
 import asyncio
+import contextvars
 import threading
 
 import pytest
@@ -77,5 +78,68 @@ async def test_a_worker_inside_a_transaction_is_not_lent_to_other_callers(clean_
         finish.set()
         leased_worker = await asyncio.wait_for(held, TIMEOUT)
         assert leased_worker not in names
+    finally:
+        threadgov.uninstall()
+
+
+def name():
+    return threading.current_thread().name
+
+
+def begin_and_hold(gate: threading.Event, entered):
+    """Open a transaction on this thread, then block until the test lets go."""
+    transaction.set_autocommit(False)
+    entered()
+    gate.wait(TIMEOUT)
+    return name()
+
+
+def rollback():
+    transaction.rollback()
+    transaction.set_autocommit(True)
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["called-after", "queued-before"])
+async def test_a_serial_context_leaves_a_home_held_by_an_open_transaction(queued):
+    """A serial context (a Channels consumer) whose home worker parks inside another caller's
+    transaction moves to another worker, which becomes its home: it never waits for that
+    transaction to end (the caller might be waiting for it), and never runs inside it."""
+    threadgov.install(max_threads=2)
+    try:
+        stats = threadgov.stats
+        routing = threadgov._governor.current()
+        loop = asyncio.get_running_loop()
+        gate, entered, finish = threading.Event(), asyncio.Event(), asyncio.Event()
+
+        async def request():
+            async with ThreadSensitiveContext():
+                worker = await sync_to_async(begin_and_hold)(
+                    gate, lambda: loop.call_soon_threadsafe(entered.set)
+                )
+                await finish.wait()  # parks its worker with the transaction open
+                await sync_to_async(rollback)()
+                return worker
+
+        async with routing.serial_context():
+            home = await sync_to_async(name)()
+            await until(lambda: stats().busy == 0, "the home to park")
+            # Another request (in a context of its own, not nested in the serial one) takes the
+            # only parked worker: the home.
+            held = contextvars.Context().run(asyncio.ensure_future, request())
+            await entered.wait()
+            if queued:  # submitted while the home runs the request's call: it waits there
+                later = asyncio.ensure_future(sync_to_async(name)())
+                await until(lambda: stats().queued == 1, "the call to queue for its home")
+                gate.set()
+            else:  # submitted once the home has parked inside the transaction
+                gate.set()
+                await until(lambda: stats().busy == 0, "the request's worker to park")
+                later = asyncio.ensure_future(sync_to_async(name)())
+            moved = await asyncio.wait_for(later, TIMEOUT)
+            assert moved != home and not held.done()
+            # The new home keeps the context's calls, also once the old one is free again.
+            finish.set()
+            assert await asyncio.wait_for(held, TIMEOUT) == home
+            assert [await sync_to_async(name)() for _ in range(3)] == [moved] * 3
     finally:
         threadgov.uninstall()

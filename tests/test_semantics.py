@@ -2,6 +2,7 @@
 cancellation, exceptions and contextvars. Synchronisation is by events and barriers only."""
 
 import asyncio
+import collections
 import contextvars
 import inspect
 import threading
@@ -417,7 +418,7 @@ async def test_a_context_collected_without_exiting_frees_its_worker(governor):
 
 
 async def test_a_serial_context_keeps_order_but_holds_no_worker_while_idle(governor):
-    stats = governor(1)  # affinity "request": serial contexts are non-sticky all the same
+    stats = governor(1)  # affinity "request": serial contexts lease no worker all the same
     routing = threadgov._governor.current()
     idle = asyncio.Event()
     seen = []
@@ -445,3 +446,73 @@ async def test_a_call_outside_any_context_does_not_keep_the_only_worker(governor
     assert stats().leased == 0
     async with ThreadSensitiveContext():
         assert (await asyncio.wait_for(sync_to_async(name)(), TIMEOUT)) == "threadgov-1"
+
+
+async def test_a_serial_context_waits_for_its_home_worker_rather_than_move(governor):
+    stats = governor(2)
+    routing = threadgov._governor.current()
+    gate = threading.Event()
+    holding = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def hold():
+        loop.call_soon_threadsafe(holding.set)
+        gate.wait(TIMEOUT)
+        return name()
+
+    async def request():
+        async with ThreadSensitiveContext():
+            return await sync_to_async(hold)()
+
+    async with routing.serial_context():
+        home = await sync_to_async(name)()  # the first thread: the context's home
+        await until(lambda: stats().busy == 0, "the home to park")
+        # Another request (in a context of its own, not nested in the serial one) takes the only
+        # parked worker: the home.
+        held = contextvars.Context().run(asyncio.ensure_future, request())
+        await holding.wait()
+        later = asyncio.ensure_future(sync_to_async(name)())
+        await until(lambda: stats().queued == 1, "the context's call to queue for its home")
+        # There is room for a second thread, and a call without affinity gets it meanwhile.
+        other = await asyncio.wait_for(sync_to_async(name, thread_sensitive=False)(), TIMEOUT)
+        assert other != home and not later.done()
+        gate.set()
+        assert await asyncio.wait_for(held, TIMEOUT) == home
+        assert await asyncio.wait_for(later, TIMEOUT) == home
+        assert stats().leased == 0  # the request's lease ended with it
+        assert [await sync_to_async(name)() for _ in range(5)] == [home] * 5
+
+
+async def test_serial_contexts_are_spread_evenly_over_the_workers(governor):
+    stats = governor(3)
+    routing = threadgov._governor.current()
+    more = asyncio.Event()
+
+    async def consumer(homed: asyncio.Event):
+        async with routing.serial_context():
+            home = await sync_to_async(name)()
+            homed.set()
+            await more.wait()
+            # Every later call runs on the home too, whichever worker is free.
+            names = await asyncio.gather(*(sync_to_async(name)() for _ in range(4)))
+            assert names == [home] * 4
+            return home
+
+    tasks = []
+    for _ in range(6):  # one after another: each picks its home knowing the previous ones'
+        homed = asyncio.Event()
+        tasks.append(asyncio.create_task(consumer(homed)))
+        await homed.wait()
+    more.set()
+    homes = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert sorted(collections.Counter(homes).values()) == [2, 2, 2], homes
+    assert stats().threads_alive == 3 and stats().leased == 0
+
+
+def test_a_homed_lane_holds_no_lease():
+    pool = threadgov._pool.Pool(1)
+    with pytest.raises(TypeError, match="homed lane"):
+        pool.lane(sticky=True, homed=True)
+    with pytest.raises(TypeError, match="homed lane"):
+        pool.lane(sticky=False, lease_cleanup=True, homed=True)
+    assert pool.shutdown(TIMEOUT)

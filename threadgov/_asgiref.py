@@ -10,8 +10,8 @@ asgiref's ``SyncToAsync`` picks a thread for a thread-sensitive call, first matc
    asgiref starts no join thread (3.13) and shuts nothing down on the loop (3.8). An executor given
    with ``ThreadSensitiveContext(executor=...)`` (3.13) is stored and honoured as is;
 3. ``SyncToAsync.single_thread_executor`` (outside any context): replaced by one serial lane, so
-   such calls still run one at a time, in order, on one of the pool's threads (the same one while
-   it is free).
+   such calls still run one at a time, in order, on one of the pool's threads (under request
+   affinity always the same one, the lane's home), without holding it between calls.
 
 Non-sensitive calls go to the loop's default executor, which becomes the pool's
 :class:`~threadgov._pool.SharedExecutor` on every loop that makes a governed call (and on the loop
@@ -104,14 +104,15 @@ class ContextLanes(weakref.WeakKeyDictionary):
 class _SharedLane(Lane):
     """The lane that stands in for asgiref's process-wide single thread.
 
-    Its calls run one at a time, in order, on the worker it used last whenever that one is free,
-    but it holds no worker between calls: a sticky lane here would keep one of the N workers for
-    good after the first such call (a Channels middleware's user lookup, say), and with N=1 every
-    request would then wait forever.
+    Its calls run one at a time, in order. Under request affinity the lane is homed: every call
+    runs on one worker, as on asgiref's single thread, but the lane holds no worker between calls (a
+    sticky lane would keep one of the N workers for good after the first such call, a Channels
+    middleware's user lookup, say, and with N=1 every request would then wait forever). Under call
+    affinity it is a plain serial lane: each call on whichever worker is free.
     """
 
-    def __init__(self, pool: Pool, on_call: Callable[[], None]):
-        super().__init__(pool, sticky=False)
+    def __init__(self, pool: Pool, on_call: Callable[[], None], *, homed: bool):
+        super().__init__(pool, sticky=False, homed=homed)
         self._on_call = on_call
 
     def submit(self, fn, /, *args, **kwargs):
@@ -128,7 +129,8 @@ class Routing:
         self._contexts = ContextLanes(
             lambda: pool.lane(sticky=sticky, lease_cleanup=sticky), self.adopt_running_loop
         )
-        self._single = _SharedLane(pool, self.adopt_running_loop)
+        self._single = _SharedLane(pool, self.adopt_running_loop, homed=sticky)
+        self._serial_homed = sticky
         self._saved: Optional[tuple] = None
         self._loops_lock = threading.Lock()
         # Loops whose default executor is ours -> the one they had before (None: asyncio's lazy one).
@@ -163,10 +165,11 @@ class Routing:
     @contextlib.asynccontextmanager
     async def serial_context(self):
         """A ``ThreadSensitiveContext`` whose calls run one at a time, in order, each holding a
-        worker only while it runs (whatever the affinity): for long-lived callers such as a
-        websocket consumer, which must not hold a thread while idle."""
+        worker only while it runs: for long-lived callers such as a websocket consumer, which must
+        not hold a thread while idle. Under request affinity its lane is homed (every call on one
+        worker); under call affinity each call runs on whichever worker is free."""
         context = ThreadSensitiveContext()
-        self._contexts.assign(context, self._pool.lane(sticky=False))
+        self._contexts.assign(context, self._pool.lane(sticky=False, homed=self._serial_homed))
         try:
             async with context:
                 yield context

@@ -7,12 +7,12 @@ process-wide thread: consumers are served one call at a time.
 
 :func:`install_channels` wraps ``channels.consumer.AsyncConsumer.__call__`` so that the whole
 lifetime of each consumer instance runs inside the governor's ``serial_context()``: the consumer's
-thread-sensitive calls run one at a time, in submission order, each on a pool worker held only
-while the call runs (an idle websocket holds no thread); different consumers run in parallel on up
-to N workers. Consecutive calls of one consumer may run on different workers (the lane is not
-sticky), so nothing may be kept in ``threading.local`` or in an open transaction between two calls
-(Channels' own handlers do not: each call cleans up its database connections, as
-``database_sync_to_async`` does).
+thread-sensitive calls run one at a time, in submission order, on its home worker (chosen at its
+first call, the worker home to the fewest consumers), which is not held between calls (an idle
+websocket holds no thread); different consumers run in parallel on up to N workers. A home held by a
+request inside an open transaction passes the consumer on to another worker (see
+``threadgov._pool``). Under ``affinity="call"`` consumers have no home: each call runs on whichever
+worker is free.
 
 Every subclass is covered (``SyncConsumer``, ``WebsocketConsumer``, ``JsonWebsocketConsumer``,
 ``AsyncWebsocketConsumer``, ``AsyncHttpConsumer``, ...) unless it overrides ``__call__`` without

@@ -4,18 +4,25 @@ Two kinds of work reach the pool:
 
 * **lane items**: thread-sensitive calls. A :class:`Lane` is a serial executor (one call at a time, in
   submission order). The first call of an idle lane leases a worker; a *sticky* lane keeps that worker
-  until the lane is released, a non-sticky one gives it back as soon as its queue is empty.
+  until the lane is released, a non-sticky one gives it back as soon as its queue is empty. A *homed*
+  lane leases nothing: it is given a home worker at its first call (the one with the fewest homed
+  lanes, a new thread while there is room) and every one of its calls runs there, between the
+  worker's other work.
 * **shared items**: calls with no affinity (``thread_sensitive=False``, the loop's default executor).
 
 Scheduling, all under one lock:
 
 * a lane item goes to the lane's worker if it has one; else a free idle worker is leased, or a new
   thread is started while fewer than ``size`` exist, or the lane waits in FIFO order;
+* a homed lane's item runs at once if its home is parked and free to take it, else the lane waits in
+  its home's own FIFO queue of lanes; a home that parks holding a transaction open for its lease
+  (see ``stealable``) hands its waiting homed lanes to other workers, which become their homes;
 * a shared item goes to a free idle worker, else a new thread, else an idle *leased* worker (whose
   lane has nothing to run: so contexts that hold every worker cannot starve non-sensitive work), else
   it waits in FIFO order;
-* a worker that finishes a call runs its lane's next item, else (if free) the oldest waiting lane or
-  shared item, else (if leased) the oldest shared item, else it parks.
+* a worker that finishes a call runs its lane's next item, else the next call of a lane homed on it
+  (one call per lane in turn), else (if free) the oldest waiting lane or shared item, else (if
+  leased) the oldest shared item, else it parks.
 
 A queued item whose future was cancelled never runs.
 """
@@ -117,7 +124,8 @@ _PARK = object()
 class _Worker:
     # Guarded by the pool's lock, except ``inbox`` and the fields the worker thread writes itself.
     __slots__ = (
-        "index", "thread", "inbox", "lane", "parked", "stealable", "db_aliases", "calls", "started"
+        "index", "thread", "inbox", "lane", "parked", "stealable", "db_aliases", "calls", "started",
+        "homed", "homes",
     )
 
     def __init__(self, index: int):
@@ -135,18 +143,27 @@ class _Worker:
         # and when the current one started (None between calls).
         self.calls = 0
         self.started: Optional[float] = None
+        # Homed lanes with calls waiting for this worker, in turn; how many live lanes call it home.
+        self.homed: Deque["Lane"] = deque()
+        self.homes = 0
 
 
 class Lane(Executor):
     """A serial executor whose calls all run on one pool worker while it holds a lease.
 
     ``sticky`` lanes keep their worker between calls until :meth:`release`; others give it back
-    whenever their queue is empty.
+    whenever their queue is empty. ``homed`` lanes run every call on one home worker without
+    holding it between calls.
     """
 
-    def __init__(self, pool: "Pool", *, sticky: bool, lease_cleanup: bool = False):
+    def __init__(
+        self, pool: "Pool", *, sticky: bool, lease_cleanup: bool = False, homed: bool = False
+    ):
+        if homed and (sticky or lease_cleanup):
+            raise TypeError("a homed lane holds no lease: it cannot be sticky or have lease_cleanup")
         self._pool = pool
         self.sticky = sticky
+        self.homed = homed
         # Connection cleanup once around the whole lease (a request) instead of around each call,
         # so that a connection and its transaction live as long as the lease, as in stock Django.
         self.lease_cleanup = lease_cleanup
@@ -158,6 +175,8 @@ class Lane(Executor):
         self.admitted = False  # has had a worker: its later calls are never refused
         self.last: Optional[_Worker] = None  # its previous worker, preferred when free
         self.seq = 0
+        self.home: Optional[_Worker] = None  # homed lanes: where every call runs
+        self.queued = False  # homed lanes: in its home's ``homed`` queue
         # Used only once the pool has shut down (stock behaviour: one thread per lane).
         self._fallback: Optional[ThreadPoolExecutor] = None
 
@@ -278,36 +297,93 @@ class Pool:
 
     # -- submission (any thread; usually an event loop) ------------------------------------------
 
-    def lane(self, *, sticky: bool, lease_cleanup: bool = False) -> Lane:
-        return Lane(self, sticky=sticky, lease_cleanup=lease_cleanup)
+    def lane(self, *, sticky: bool, lease_cleanup: bool = False, homed: bool = False) -> Lane:
+        return Lane(self, sticky=sticky, lease_cleanup=lease_cleanup, homed=homed)
 
     def _submit_lane(self, lane: Lane, fn, args, kwargs) -> Optional[Future]:
         future: Future = _Future(self)
-        admission = False
         with self._lock:
             if self._closing:
                 return None
             item = _WorkItem(future, fn, args, kwargs, self._clock(), lane)
             self.submitted += 1
-            worker = lane.worker
-            if worker is None and not lane.waiting:
-                worker = self._free_worker(lane.last)
-                if worker is not None:
-                    self._bind(worker, lane)
-                else:
-                    admission = not lane.admitted
-                    if admission and self._full():
-                        return self._reject(item, "the queue is full")
-                    lane.waiting = True
-                    lane.seq = next(self._seqs)
-                    self._waiting_lanes.append(lane)
-            if worker is not None and worker.parked and not lane.items:
-                self._hand(worker, item)
-            else:  # its worker is busy, or the lane waits for one
-                self._enqueue(lane.items, item)
+            if lane.homed:
+                admission = self._place_homed(lane, item)
+            else:
+                admission = self._place_leased(lane, item)
         if admission:
             self._arm_timeout(item)
         return future
+
+    def _place_leased(self, lane: Lane, item: _WorkItem) -> bool:
+        """Run or queue a call of a leasing lane; True if it waits for admission (lock held)."""
+        admission = False
+        worker = lane.worker
+        if worker is None and not lane.waiting:
+            worker = self._free_worker(lane.last)
+            if worker is not None:
+                self._bind(worker, lane)
+            else:
+                admission = not lane.admitted
+                if admission and self._full():
+                    self._reject(item, "the queue is full")
+                    return False
+                lane.waiting = True
+                lane.seq = next(self._seqs)
+                self._waiting_lanes.append(lane)
+        if worker is not None and worker.parked and not lane.items:
+            self._hand(worker, item)
+        else:  # its worker is busy, or the lane waits for one
+            self._enqueue(lane.items, item)
+        return admission
+
+    def _place_homed(self, lane: Lane, item: _WorkItem) -> bool:
+        """Run or queue a call of a homed lane; True if it waits for admission (lock held)."""
+        home = lane.home
+        if home is None or home in self._idle_pinned:  # pinned: held by another caller's transaction
+            home = self._move_home(lane, self._home_for(lane, avoid=home))
+        if not lane.items and home.parked and home not in self._idle_pinned:
+            lane.admitted = True
+            self._hand(home, item)
+            return False
+        admission = not lane.admitted
+        if admission and self._full():
+            self._reject(item, "the queue is full")
+            return False
+        self._enqueue(lane.items, item)
+        if not lane.queued:
+            lane.queued = True
+            home.homed.append(lane)
+        self._kick(home)  # a home just chosen may be parked with the lane's older calls
+        return admission
+
+    def _home_for(self, lane: Lane, avoid: Optional[_Worker] = None) -> _Worker:
+        """The worker with the fewest homed lanes (parked ones first), or a new thread while there
+        is room and every worker already has some; never ``avoid`` if another exists (lock held)."""
+        best = None
+        for worker in self._workers:
+            if worker is avoid or worker in self._idle_pinned:
+                continue
+            if best is None or (worker.homes, not worker.parked) < (best.homes, not best.parked):
+                best = worker
+        if (best is None or best.homes > 0) and len(self._workers) < self.size:
+            return self._new_worker()
+        return best if best is not None else (avoid or lane.home or self._workers[0])
+
+    def _move_home(self, lane: Lane, home: _Worker) -> _Worker:
+        """Make ``home`` the lane's home; the lane keeps its queued calls, in order (lock held)."""
+        old = lane.home
+        if old is home:
+            return home
+        if not lane.released:
+            if old is not None:
+                old.homes -= 1
+            home.homes += 1
+        lane.home = home
+        if lane.queued:
+            old.homed.remove(lane)
+            home.homed.append(lane)
+        return home
 
     def _submit_shared(self, fn, args, kwargs) -> Optional[Future]:
         future: Future = _Future(self)
@@ -407,17 +483,21 @@ class Pool:
                 return prefer
             return next(reversed(self._idle_free))
         if len(self._workers) < self.size:
-            worker = _Worker(next(self._indexes))
-            worker.thread = threading.Thread(
-                target=_work,
-                args=(weakref.ref(self), worker),
-                name=f"{self._name}-{worker.index}",
-                daemon=True,
-            )
-            self._workers.append(worker)
-            worker.thread.start()
-            return worker
+            return self._new_worker()
         return None
+
+    def _new_worker(self) -> _Worker:
+        """Start a thread (parked until it is handed an item; lock held, room checked)."""
+        worker = _Worker(next(self._indexes))
+        worker.thread = threading.Thread(
+            target=_work,
+            args=(weakref.ref(self), worker),
+            name=f"{self._name}-{worker.index}",
+            daemon=True,
+        )
+        self._workers.append(worker)
+        worker.thread.start()
+        return worker
 
     def _bind(self, worker: _Worker, lane: Lane) -> None:
         if worker.parked:
@@ -457,7 +537,11 @@ class Pool:
 
     def _release_lane(self, lane: Lane) -> None:
         with self._lock:
+            if lane.released:
+                return
             lane.released = True
+            if lane.home is not None:
+                lane.home.homes -= 1  # its queued calls still run there
             worker = lane.worker
             if worker is not None and worker.parked and not lane.items:
                 self._unbind(worker)
@@ -477,6 +561,10 @@ class Pool:
             if lane.released or not lane.sticky or self._closing:
                 self._unbind(worker)
                 lane = None
+        if worker.homed and (lane is None or worker.stealable):
+            item = self._next_homed(worker)
+            if item is not None:
+                return self._start(item)
         item = self._next_waiting(worker) if lane is None else self._next_shared()
         if item is not None:
             return self._start(item)
@@ -489,7 +577,43 @@ class Pool:
             self._idle_leased[worker] = None
         else:
             self._idle_pinned[worker] = None
+            if worker.homed:  # they would wait for the end of another caller's transaction
+                self._rehome_waiting(worker)
         return _PARK
+
+    def _next_homed(self, worker: _Worker) -> Optional[_WorkItem]:
+        """The next call of the lanes homed on the worker, one lane after another (lock held)."""
+        homed = worker.homed
+        while homed:
+            lane = homed.popleft()
+            item = self._pop_lane(lane)
+            if lane.items:
+                homed.append(lane)
+            else:
+                lane.queued = False
+            if item is not None:
+                lane.admitted = True
+                return item
+        return None
+
+    def _rehome_waiting(self, pinned: _Worker) -> None:
+        """Move the homed lanes waiting for a worker that parked pinned to other workers, which
+        become their homes (lock held)."""
+        for lane in list(pinned.homed):
+            home = self._home_for(lane, avoid=pinned)
+            if home is pinned:  # no other worker: they wait for this one
+                return
+            self._move_home(lane, home)
+            self._kick(home)
+
+    def _kick(self, worker: _Worker) -> None:
+        """Start a parked, unpinned worker on its homed lanes' next call, if any (lock held)."""
+        if worker.parked and worker not in self._idle_pinned:
+            item = self._next_homed(worker)
+            if item is not None:
+                self._unpark(worker)
+                self._start(item)
+                worker.inbox.put(item)
 
     def _next_waiting(self, worker: _Worker) -> Optional[_WorkItem]:
         """For a free worker: the oldest of the waiting lanes and shared items (lock held)."""
@@ -551,6 +675,7 @@ class Pool:
             if cancel_queued:
                 queues = [lane.items for lane in self._waiting_lanes]
                 queues += [w.lane.items for w in workers if w.lane is not None]
+                queues += [lane.items for w in workers for lane in w.homed]
                 queues.append([item for _, item in self._shared])
                 for items in queues:
                     for item in items:
@@ -615,7 +740,8 @@ class Pool:
                 idle=len(self._idle_free) + len(self._idle_leased) + len(self._idle_pinned),
                 leased=self._leased,
                 queued=self._queued,
-                waiting_contexts=sum(1 for lane in self._waiting_lanes if lane.items),
+                waiting_contexts=sum(1 for lane in self._waiting_lanes if lane.items)
+                + sum(1 for w in self._workers for lane in w.homed if lane.items),
                 peak_busy=self.peak_busy,
                 peak_queued=self.peak_queued,
                 submitted=self.submitted,
