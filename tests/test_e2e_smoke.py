@@ -1,7 +1,7 @@
 """Smoke test of the end-to-end benchmark harness (benchmarks/e2e) in --tiny mode.
 
-Starts uvicorn twice (stock, CONN_MAX_AGE=0; threadgov-governed, N=2) on SQLite and drives each with
-wrk for 1 s at 4 clients. Needs wrk on PATH: skipped without it, except under CI (env CI set), where
+Starts uvicorn three times (stock, CONN_MAX_AGE=0; threadgov-governed, N=2, with Django's handler and
+with threadgov's) on SQLite and drives each with wrk for 1 s at 4 clients. Needs wrk on PATH: skipped without it, except under CI (env CI set), where
 it fails because CI installs wrk.
 """
 
@@ -49,14 +49,15 @@ def test_tiny_benchmark_runs_and_reports(tmp_path):
 
     data = json.loads(out.read_text())
     results = {r["kind"]: r for r in data["results"]}
-    assert set(results) == {"stock-cma0", "governed"}, results.keys()
+    assert set(results) == {"stock-cma0", "governed", "governed-handler"}, results.keys()
     for kind, result in results.items():
         assert result["rps"] > 0, (kind, result["wrk_output"])
         assert result["non2xx"] == 0, (kind, result["wrk_output"])
-    governed = results["governed"]
-    assert governed["threads"] == 2
-    assert isinstance(governed["peak_threads"], int) and governed["peak_threads"] > 0
-    # The governed server reports its pool through /_stats; the stock one has none (404).
-    assert governed["governor"] is not None and governed["governor"]["size"] == 2
-    assert governed["governor"]["threads_alive"] <= 2
+    for kind in ("governed", "governed-handler"):
+        governed = results[kind]
+        assert governed["threads"] == 2
+        assert isinstance(governed["peak_threads"], int) and governed["peak_threads"] > 0
+        # The governed server reports its pool through /_stats; the stock one has none (404).
+        assert governed["governor"] is not None and governed["governor"]["size"] == 2
+        assert governed["governor"]["threads_alive"] <= 2
     assert results["stock-cma0"]["governor"] is None

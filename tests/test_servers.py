@@ -82,6 +82,15 @@ SERVERS = [
         lifespan=True,
     ),
     ServerKind(
+        "uvicorn-threadgov-handler",  # threadgov.asgi.get_asgi_application()
+        ("uvicorn",),
+        lambda port: ["uvicorn", "servers.asgi:application", "--host", "127.0.0.1",
+                      "--port", str(port), "--lifespan", "on", "--log-level", "warning"],
+        signal.SIGINT,
+        lifespan=True,
+        env={"THREADGOV_TEST_HANDLER": "threadgov"},
+    ),
+    ServerKind(
         "daphne",
         ("daphne",),
         lambda port: ["daphne", "-b", "127.0.0.1", "-p", str(port), "servers.asgi:application"],

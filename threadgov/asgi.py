@@ -1,10 +1,10 @@
-"""ASGI middleware: turn refused calls into 503/1013, serve stats, and stop the governor at shutdown.
+"""ASGI entry points: Django's handler with one governed call per request, and a middleware that
+turns refused calls into 503/1013, serves stats and stops the governor at shutdown.
 
 .. code-block:: python
 
     import threadgov
-    from threadgov.asgi import GovernorMiddleware
-    from django.core.asgi import get_asgi_application
+    from threadgov.asgi import GovernorMiddleware, get_asgi_application
 
     threadgov.install(max_queue=64, queue_timeout=5)
     application = GovernorMiddleware(get_asgi_application())
@@ -18,7 +18,24 @@ from typing import Optional
 from ._errors import PoolSaturated
 from ._governor import current, uninstall
 
-__all__ = ["GovernorMiddleware"]
+__all__ = ["ASGIHandler", "GovernorMiddleware", "get_asgi_application"]
+
+
+def get_asgi_application():
+    """Like ``django.core.asgi.get_asgi_application()``, but each request's synchronous work
+    (``request_started``, middleware, sync view, closing an in-memory response) runs in one
+    thread-sensitive call instead of one call per step. See :class:`ASGIHandler`."""
+    from ._handler import get_asgi_application
+
+    return get_asgi_application()
+
+
+def __getattr__(name):
+    if name == "ASGIHandler":  # imported on first use: the middleware alone needs no Django
+        from ._handler import ASGIHandler
+
+        return ASGIHandler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # RFC 6455 close code "Try Again Later".
 TRY_AGAIN_LATER = 1013

@@ -40,7 +40,8 @@ WSGI_APP = f"{PROJECT}.wsgi:application"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
 APP_PREFIX = "threadgov-e2e"
 WORKLOADS = ("fast", "slow", "mixed")
-CONFIG_KINDS = ("stock-cma0", "stock-cma60", "governed", "wsgi")
+CONFIG_KINDS = ("stock-cma0", "stock-cma60", "governed", "governed-handler", "wsgi")
+GOVERNED_KINDS = ("governed", "governed-handler")
 SERVERS = {
     # name: (importable module, console script)
     "uvicorn": ("uvicorn", "uvicorn"),
@@ -433,9 +434,10 @@ def build_runs(args) -> List[dict]:
             configs.append(dict(variant, kind="stock-cma0", threads=None, cma=0))
         if "stock-cma60" in args.configs:
             configs.append(dict(variant, kind="stock-cma60", threads=None, cma=60))
-        if "governed" in args.configs:
-            for n in args.threads:
-                configs.append(dict(variant, kind="governed", threads=n, cma=args.governed_cma))
+        for kind in GOVERNED_KINDS:
+            if kind in args.configs:
+                for n in args.threads:
+                    configs.append(dict(variant, kind=kind, threads=n, cma=args.governed_cma))
     if "wsgi" in args.configs:
         for n in args.threads:
             configs.append({"server": "gunicorn", "loop": None, "http": None, "kind": "wsgi", "threads": n, "cma": 60})
@@ -451,6 +453,8 @@ def config_name(run: dict) -> str:
     kind = run["kind"]
     if kind == "governed":
         return f"governed N={run['threads']} CMA={run['cma']}"
+    if kind == "governed-handler":  # threadgov.asgi.get_asgi_application()
+        return f"governed N={run['threads']} CMA={run['cma']} +handler"
     if kind == "wsgi":
         return f"WSGI gthread N={run['threads']} CMA={run['cma']}"
     return f"stock CMA={run['cma']}"
@@ -503,8 +507,10 @@ def server_env(run: dict, database_url: str, app_name: str, snapshot: Optional[P
         # The snapshot of threadgov (if any) first: every point of a run imports the same code.
         PYTHONPATH=os.pathsep.join(p for p in (str(snapshot or ""), str(ROOT), env.get("PYTHONPATH", "")) if p),
     )
-    if run["kind"] == "governed":
+    if run["kind"] in GOVERNED_KINDS:
         env["THREADGOV_THREADS"] = str(run["threads"])
+    if run["kind"] == "governed-handler":
+        env["BENCH_HANDLER"] = "threadgov"
     return env
 
 
@@ -817,7 +823,7 @@ def render_table(results: List[dict], rst: bool = False) -> str:
 def ratios(results: List[dict]) -> List[str]:
     lines = []
     for r in results:
-        if r["kind"] != "governed":
+        if r["kind"] not in GOVERNED_KINDS:
             continue
         stock = next(
             (s for s in results if s["kind"] == "stock-cma0" and s["server_label"] == r["server_label"]
@@ -1087,7 +1093,8 @@ def parse_args(argv: Optional[List[str]]):
     parser.add_argument("--replot", type=Path, metavar="JSON",
                         help="run nothing: print the table of a results file again and rewrite its .rst and plots")
     parser.add_argument("--tiny", action="store_true",
-                        help="smoke test: stock CMA=0 and governed N=2 on SQLite, 1 s, 4 clients, fast, asyncio")
+                        help="smoke test: stock CMA=0 and governed N=2 (Django's handler and threadgov's) on "
+                             "SQLite, 1 s, 4 clients, fast, asyncio")
     args = parser.parse_args(argv)
     if args.threadgov_rev and args.threadgov_dir:
         parser.error("--threadgov-rev and --threadgov-dir exclude each other")
@@ -1100,7 +1107,7 @@ def parse_args(argv: Optional[List[str]]):
         args.duration = 1
         args.warmup = 0
         args.workloads = ["fast"]
-        args.configs = ["stock-cma0", "governed"]
+        args.configs = ["stock-cma0", "governed", "governed-handler"]
         args.quiet_wait = 0.0
         args.database_url = "sqlite:///"  # a temporary file, chosen in main()
         args.retries = 0

@@ -4,7 +4,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-from .probe import REQUEST_ID
+from .probe import REQUEST_ID, probe
 
 
 @dataclass
@@ -36,7 +36,7 @@ def http_scope(path: str, request_id: str) -> dict:
     }
 
 
-async def _serve(app, path: str, request_id: str) -> Response:
+async def _serve(app, path: str, request_id: str, *, mark_sent: bool = False) -> Response:
     # Runs in a task of its own: REQUEST_ID is this request's, as a server's per-connection task.
     REQUEST_ID.set(request_id)
     body_sent = False
@@ -59,6 +59,8 @@ async def _serve(app, path: str, request_id: str) -> Response:
             response.headers = dict(message.get("headers", []))
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
+            if mark_sent and not message.get("more_body", False):
+                probe.record("body_sent", request_id)  # the last of the response has gone out
 
     await app(http_scope(path, request_id), receive, send)
     response.body = b"".join(chunks)
@@ -96,6 +98,7 @@ async def run_many(
     return await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def start(app, path: str, request_id: str) -> "asyncio.Task[Response]":
-    """A request running in the background."""
-    return asyncio.ensure_future(_serve(app, path, request_id))
+def start(app, path: str, request_id: str, *, mark_sent: bool = False) -> "asyncio.Task[Response]":
+    """A request running in the background; ``mark_sent``: record a ``body_sent`` stage when the
+    response's last body message is sent."""
+    return asyncio.ensure_future(_serve(app, path, request_id, mark_sent=mark_sent))

@@ -23,3 +23,22 @@ class ProbeMiddleware:
         response = await self.get_response(request)
         await sync_to_async(probe.record)("middleware_out", rid)
         return response
+
+
+class SyncProbeMiddleware:
+    """Sync-only, like most projects' middleware: under Django's ASGIHandler each of its two records
+    is a thread-sensitive call of its own; under threadgov's handler they run in the request's
+    single call."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        rid = request.headers.get("x-req")
+        probe.record("middleware_in", rid)
+        response = self.get_response(request)
+        probe.record("middleware_out", rid)
+        return response

@@ -9,4 +9,5 @@ urlpatterns = [
     path("wait/", views.wait),
     path("pg-slow/", views.pg_slow),
     path("pg-write/", views.pg_write),
+    path("stream/", views.stream),
 ]

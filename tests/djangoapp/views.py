@@ -1,5 +1,5 @@
 from django.db import connections
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 
 from .models import Item
 from .probe import probe
@@ -54,3 +54,14 @@ def pg_write(request):
         )
         (row_id,) = cursor.fetchone()
     return HttpResponse(str(row_id), content_type="text/plain")
+
+
+def stream(request):
+    """Sync view returning a streaming response (an async iterator: sent by the event loop)."""
+    probe.record("view", request.headers.get("x-req"))
+
+    async def parts():
+        for part in (b"one ", b"two ", b"three"):
+            yield part
+
+    return StreamingHttpResponse(parts(), content_type="text/plain")

@@ -50,8 +50,12 @@ if GOVERNED:
     threadgov.install(max_threads=THREADS)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.core.asgi import get_asgi_application  # noqa: E402
 from django.urls import path  # noqa: E402
+
+if os.environ.get("THREADGOV_TEST_HANDLER") == "threadgov":  # one governed call per request
+    from threadgov.asgi import get_asgi_application  # noqa: E402
+else:
+    from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_application = get_asgi_application()
 
