@@ -29,12 +29,34 @@ from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
 
 from ._pool import Lane, Pool, SharedExecutor
 
-__all__ = ["Routing", "waiting_thread_executor"]
+__all__ = ["Routing", "WaitingThreads"]
 
 
-def waiting_thread_executor() -> Optional[Executor]:
-    """The executor of a thread blocked in ``async_to_sync`` above the caller, if any."""
-    return getattr(AsyncToSync.executors, "current", None)
+class WaitingThreads:
+    """Finds the executor of a thread blocked in ``async_to_sync`` above the caller, if any.
+
+    asgiref keeps it in ``AsyncToSync.executors``, a ``Local`` whose lookup is costly. Its value in
+    a task is fixed when the task starts (``async_to_sync`` runs its coroutine in a task of its own
+    whose context carries the executor, and async code cannot change it: ``async_to_sync`` refuses
+    to run in an event loop's thread), so it is looked up once per task.
+    """
+
+    def __init__(self) -> None:
+        # Used from event loop threads; each operation is one dict operation (atomic): two loops
+        # racing on one task cannot happen (a task belongs to one loop).
+        self._by_task: "weakref.WeakKeyDictionary[asyncio.Task, Optional[Executor]]" = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __call__(self) -> Optional[Executor]:
+        task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
+        if task is None:  # outside any task: nothing to remember it by
+            return getattr(AsyncToSync.executors, "current", None)
+        try:
+            return self._by_task[task]
+        except KeyError:
+            executor = self._by_task[task] = getattr(AsyncToSync.executors, "current", None)
+            return executor
 
 
 class ContextLanes(weakref.WeakKeyDictionary):

@@ -78,9 +78,14 @@ class ConnectionCleanup(_Hooks):
         connections = self._handler()
         if connections is None:
             return True
+        opened = False
         for conn in connections.all(initialized_only=True):
-            if conn.connection is not None and (conn.in_atomic_block or not conn.get_autocommit()):
-                return False
+            if conn.connection is not None:
+                if conn.in_atomic_block or not conn.get_autocommit():
+                    return False
+                opened = True
+        if not opened:  # nothing to check until connection_created marks the thread again
+            self._thread.opened = False
         return True
 
     def thread_exit(self) -> None:

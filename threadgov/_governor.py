@@ -5,7 +5,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ._asgiref import Routing, waiting_thread_executor
+from ._asgiref import Routing, WaitingThreads
 from ._channels import install_channels, uninstall_channels
 from ._django import ConnectionCleanup
 from ._errors import ConfigurationError, NotInstalledError
@@ -46,7 +46,7 @@ class Governor:
             size.size,
             hooks=ConnectionCleanup() if options.close_connections else None,
             clock=clock,
-            nested_executor=waiting_thread_executor,
+            nested_executor=WaitingThreads(),
             max_queue=options.max_queue,
             queue_timeout=options.queue_timeout,
         )

@@ -102,6 +102,10 @@ class _WorkItem:
         """
         if not self.future.set_running_or_notify_cancel():
             return None
+        return self.call()
+
+    def call(self) -> tuple:
+        """Run the call of an item whose future is already running: ``(raised, value)``."""
         try:
             return False, self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
@@ -119,6 +123,8 @@ class _WorkItem:
 _WAKE = object()
 # Returned by Pool._next: nothing to run, the worker is now parked.
 _PARK = object()
+# Not looked up yet.
+_UNKNOWN = object()
 
 
 class _Worker:
@@ -387,24 +393,31 @@ class Pool:
 
     def _submit_shared(self, fn, args, kwargs) -> Optional[Future]:
         future: Future = _Future(self)
-        with self._lock:
-            if self._closing:
-                return None
-            item = _WorkItem(future, fn, args, kwargs, self._clock())
-            self.submitted += 1
-            worker = self._free_worker()
-            if worker is None and self._idle_leased:
-                worker = next(reversed(self._idle_leased))
-            if worker is not None:
-                self._hand(worker, item)
-                return future
+        item = _WorkItem(future, fn, args, kwargs, self._clock())
+        helper = _UNKNOWN
+        while True:
+            with self._lock:
+                if self._closing:
+                    return None
+                worker = self._free_worker()
+                if worker is None and self._idle_leased:
+                    worker = next(reversed(self._idle_leased))
+                if worker is not None:
+                    self.submitted += 1
+                    self._hand(worker, item)
+                    return future
+                if helper is not _UNKNOWN:
+                    if helper is None and self._full():
+                        self.submitted += 1
+                        return self._reject(item, "the queue is full")
+                    self.submitted += 1
+                    self._enqueue(self._shared, (next(self._seqs), item))
+                    break
             # Every thread is taken. If the caller sits (via async_to_sync) under a thread that is
             # blocked waiting for it, that thread may run the call: otherwise N such threads
             # waiting for N queued calls would deadlock. Whoever claims the item first runs it.
+            # Looked up outside the lock, then the pool is looked at again.
             helper = self._nested_executor()
-            if helper is None and self._full():
-                return self._reject(item, "the queue is full")
-            self._enqueue(self._shared, (next(self._seqs), item))
         self._arm_timeout(item)
         if helper is not None:
             try:
@@ -852,11 +865,11 @@ def _call(hooks: _Hooks, item: _WorkItem, *, cleanup: bool, keep: bool) -> tuple
     Returns (outcome of ``item.run()``, the database aliases now open on this thread or None if
     unknown).
     """
-    if item.future.cancelled():  # dropped while queued: no cleanup, no call
+    if not item.future.set_running_or_notify_cancel():  # dropped while queued: no cleanup, no call
         return None, None
     if cleanup:
         _safely(hooks.before_call, None)
-    outcome = item.run()
+    outcome = item.call()
     if cleanup and not keep:
         return outcome, _safely(hooks.after_call, ())
     return outcome, None
