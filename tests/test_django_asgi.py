@@ -19,32 +19,11 @@ from djangoapp import ITEM_NAMES
 from djangoapp.client import run_many, start
 from djangoapp.models import Item
 from djangoapp.probe import REQUEST_ID, STAGES, TIMEOUT, AsyncGate, Gate
-from djangoapp.testing import until
+from djangoapp.testing import assert_ok, settled, until
 
 pytestmark = pytest.mark.timeout(60)  # async tests run by pytest-asyncio (asyncio_mode = "auto")
 
 ORM_BODY = f"{len(ITEM_NAMES)} True"
-
-
-async def settled():
-    """Stats once every worker has finished its bookkeeping after the last call.
-
-    A worker delivers a call's result before it runs the after-call hook and gives its lease back,
-    so right after the last response a lane released at context exit may still count as leased.
-    """
-    def idle():
-        stats = threadgov.stats()
-        return stats.busy == 0 and stats.leased == 0
-
-    await until(idle, "the workers to settle")
-    return threadgov.stats()
-
-
-def assert_ok(responses, body=None):
-    bad = [(r.request_id, r.status, r.body[:200]) for r in responses if r.status != 200]
-    assert not bad, f"{len(bad)} of {len(responses)} failed, e.g. {bad[:3]}"
-    if body is not None:
-        assert {r.text for r in responses} == {body}
 
 
 def assert_every_step_recorded(probe, responses):

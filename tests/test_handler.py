@@ -12,11 +12,10 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
 from django.test import override_settings
 
-import threadgov
 from djangoapp import ITEM_NAMES
 from djangoapp.client import run_many, start
 from djangoapp.probe import STAGES, TIMEOUT, AsyncGate, Gate
-from djangoapp.testing import until
+from djangoapp.testing import assert_ok, settled, until
 from threadgov.asgi import ASGIHandler, get_asgi_application
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,21 +26,6 @@ ASYNC_MIDDLEWARE = ["djangoapp.middleware.ProbeMiddleware"]
 # Django 4.2's send_response() closes the response itself: one more call, after the body.
 CLOSES_AFTER_SENDING = django.VERSION < (5, 0)
 CALLS_PER_REQUEST = 2 if CLOSES_AFTER_SENDING else 1
-
-
-async def settled():
-    def idle():
-        stats = threadgov.stats()
-        return stats.busy == 0 and stats.leased == 0
-
-    await until(idle, "the workers to settle")
-    return threadgov.stats()
-
-
-def assert_ok(responses, body):
-    bad = [(r.request_id, r.status, r.body[:200]) for r in responses if r.status != 200]
-    assert not bad, f"{len(bad)} of {len(responses)} failed, e.g. {bad[:3]}"
-    assert {r.text for r in responses} == {body}
 
 
 def assert_steps_in_order_on_one_thread(probe, responses, stages=STAGES):

@@ -98,16 +98,11 @@ class ContextLanes(weakref.WeakKeyDictionary):
             self._lanes[weakref.ref(context, self._collected.append)] = lane
 
     def pop(self, context, *default):
-        self.release(context)
-        return super().pop(context, *default)
-
-    def release(self, context) -> None:
-        """Release the context's lane now: its calls already submitted still run, in order, then
-        its worker is free. For a context that makes no more calls (a later one gets a new lane)."""
         with self._lock:
             lane = self._lanes.pop(weakref.ref(context), None)
         if lane is not None:
             lane.release()
+        return super().pop(context, *default)
 
     def _release_collected(self) -> None:
         lanes = []
@@ -188,11 +183,6 @@ class Routing:
                 # What asyncio itself would create on first use.
                 previous = ThreadPoolExecutor(thread_name_prefix="asyncio")
             loop.set_default_executor(previous)
-
-    def release_context(self, context) -> None:
-        """The context makes no more calls: its worker is freed as soon as its last call ends,
-        rather than when the context exits (see :meth:`ContextLanes.release`)."""
-        self._contexts.release(context)
 
     @contextlib.asynccontextmanager
     async def serial_context(self):

@@ -9,6 +9,30 @@ import psutil
 from .probe import TIMEOUT
 
 
+async def settled():
+    """``threadgov.stats()`` once every worker has finished its bookkeeping after the last call.
+
+    A worker delivers a call's result before it runs the after-call hook and gives its lease back,
+    so right after the last response a lane released at context exit may still count as leased.
+    """
+    import threadgov
+
+    def idle():
+        stats = threadgov.stats()
+        return stats.busy == 0 and stats.leased == 0
+
+    await until(idle, "the workers to settle")
+    return threadgov.stats()
+
+
+def assert_ok(responses, body=None) -> None:
+    """Every response is a 200 (with ``body``, when given)."""
+    bad = [(r.request_id, r.status, r.body[:200]) for r in responses if r.status != 200]
+    assert not bad, f"{len(bad)} of {len(responses)} failed, e.g. {bad[:3]}"
+    if body is not None:
+        assert {r.text for r in responses} == {body}
+
+
 async def until(predicate, what: str = "condition", timeout: float = TIMEOUT) -> None:
     """Yield to the loop until ``predicate()`` holds.
 
