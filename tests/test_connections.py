@@ -143,3 +143,46 @@ async def test_a_serial_context_leaves_a_home_held_by_an_open_transaction(queued
             assert [await sync_to_async(name)() for _ in range(3)] == [moved] * 3
     finally:
         threadgov.uninstall()
+
+
+async def test_calls_without_affinity_run_when_every_worker_waits_in_a_transaction(caplog):
+    """Both workers parked inside their requests' open transactions, one request awaiting a
+    non-sensitive call: no worker may run it (it would run inside a transaction), so one extra
+    thread does, and exits once it is done. Without it, this would wait forever."""
+    threadgov.install(max_threads=2)
+    try:
+        stats = threadgov.stats
+        entered = [asyncio.Event(), asyncio.Event()]
+        go, served = asyncio.Event(), asyncio.Event()
+
+        async def request(i):
+            async with ThreadSensitiveContext():
+                await sync_to_async(transaction.set_autocommit)(False)
+                worker = await sync_to_async(name)()
+                entered[i].set()
+                await go.wait()
+                other = None
+                if i == 0:
+                    other = await sync_to_async(name, thread_sensitive=False)()
+                    served.set()
+                else:  # keeps its transaction open until the other request is served
+                    await served.wait()
+                await sync_to_async(rollback)()
+                return worker, other
+
+        tasks = [asyncio.ensure_future(request(i)) for i in range(2)]
+        for event in entered:
+            await asyncio.wait_for(event.wait(), TIMEOUT)
+        await until(lambda: stats().busy == 0, "both workers to park in their transactions")
+        assert stats().threads_alive == 2
+        go.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+        assert len({worker for worker, _ in results}) == 2
+        assert [other for _, other in results] == ["threadgov-overflow", None]
+        assert "held by open transactions" in caplog.text
+        await until(
+            lambda: not any(t.name == "threadgov-overflow" for t in threading.enumerate()),
+            "the extra thread to exit",
+        )
+    finally:
+        threadgov.uninstall()

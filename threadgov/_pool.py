@@ -286,6 +286,7 @@ class Pool:
         self._shared: Deque[tuple] = deque()  # (seq, item)
         self._waiting_lanes: Deque[Lane] = deque()
         self._closing = False
+        self._overflow: Optional[threading.Thread] = None  # see _overflow_if_stuck
         self._queued = 0
         self._busy = 0
         self._leased = 0
@@ -412,6 +413,7 @@ class Pool:
                         return self._reject(item, "the queue is full")
                     self.submitted += 1
                     self._enqueue(self._shared, (next(self._seqs), item))
+                    self._overflow_if_stuck()
                     break
             # Every thread is taken. If the caller sits (via async_to_sync) under a thread that is
             # blocked waiting for it, that thread may run the call: otherwise N such threads
@@ -592,7 +594,31 @@ class Pool:
             self._idle_pinned[worker] = None
             if worker.homed:  # they would wait for the end of another caller's transaction
                 self._rehome_waiting(worker)
+            self._overflow_if_stuck()
         return _PARK
+
+    def _overflow_if_stuck(self) -> None:
+        """Every worker is parked inside its own caller's open transaction, and calls without
+        affinity wait. No worker may run them (they would run inside that transaction), and those
+        callers may well be waiting for them: start one thread beyond ``size`` that runs them until
+        a worker is free to (lock held)."""
+        if (
+            self._overflow is not None
+            or not self._shared
+            or self._closing
+            or len(self._workers) < self.size
+            or len(self._idle_pinned) < len(self._workers)
+        ):
+            return
+        logger.warning(
+            "threadgov: all %d workers are held by open transactions while calls without affinity "
+            "wait; running those on an extra thread",
+            self.size,
+        )
+        self._overflow = threading.Thread(
+            target=_overflow, args=(self,), name=f"{self._name}-overflow", daemon=True
+        )
+        self._overflow.start()
 
     def _next_homed(self, worker: _Worker) -> Optional[_WorkItem]:
         """The next call of the lanes homed on the worker, one lane after another (lock held)."""
@@ -839,6 +865,36 @@ def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
             logger.exception("threadgov: closing connections of an exiting worker failed")
         with lock:
             worker.db_aliases = ()
+
+
+def _overflow(pool: Pool) -> None:
+    """The extra thread of ``Pool._overflow_if_stuck``: run waiting calls without affinity, each
+    with its own connection cleanup, while every worker stays parked in a transaction."""
+    hooks, clock, lock = pool._hooks, pool._clock, pool._lock
+    try:
+        while True:
+            with lock:
+                item = None
+                if not pool._closing and len(pool._idle_pinned) == len(pool._workers):
+                    item = pool._next_shared()
+                if item is None:  # a worker can take them again (or nothing waits)
+                    return
+                pool._start(item)
+            started = clock()
+            outcome, _ = _call(hooks, item, cleanup=True, keep=False)
+            finished = clock()
+            with lock:
+                pool._busy -= 1
+                pool._account(item, outcome, started, finished)
+            if outcome is not None:
+                item.publish(outcome)
+            del item, outcome
+    finally:
+        _safely(hooks.thread_exit, None)
+        with lock:
+            pool._overflow = None
+            # A call queued after the check above, with every worker still held, needs another.
+            pool._overflow_if_stuck()
 
 
 def _safely(hook: Callable, default):
