@@ -56,8 +56,8 @@ def _add_demo(subparsers) -> None:
         description=(
             "Configure Django in this process (SQLite in a temporary directory, CONN_MAX_AGE=60), "
             "fire a burst of concurrent requests at a sync view through Django's ASGIHandler, "
-            "first with stock asgiref and then with threadgov installed, and compare threads and "
-            "database connections."
+            "first with stock asgiref, then with threadgov installed, then with threadgov installed "
+            "and threadgov.asgi.ASGIHandler, and compare threads and database connections."
         ),
     )
     parser.add_argument(

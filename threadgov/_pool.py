@@ -403,15 +403,13 @@ class Pool:
                 worker = self._free_worker()
                 if worker is None and self._idle_leased:
                     worker = next(reversed(self._idle_leased))
-                if worker is not None:
+                if worker is not None or helper is not _UNKNOWN:
                     self.submitted += 1
-                    self._hand(worker, item)
-                    return future
-                if helper is not _UNKNOWN:
+                    if worker is not None:
+                        self._hand(worker, item)
+                        return future
                     if helper is None and self._full():
-                        self.submitted += 1
                         return self._reject(item, "the queue is full")
-                    self.submitted += 1
                     self._enqueue(self._shared, (next(self._seqs), item))
                     self._overflow_if_stuck()
                     break
@@ -434,10 +432,21 @@ class Pool:
         with self._lock:
             self._queued -= 1
         # Runs nested inside another governed call: no connection cleanup here.
+        self._run_aside(item, cleanup=False, busy=False)
+
+    def _run_aside(self, item: _WorkItem, *, cleanup: bool, busy: bool) -> None:
+        """Run a claimed item on a thread outside the workers' loop (a thread waiting for it, or
+        the overflow thread), count it and publish its outcome. ``cleanup``: connection cleanup
+        around it; ``busy``: it was counted as running (``_start``)."""
         started = self._clock()
-        outcome = item.run()
+        if cleanup:
+            outcome, _ = _call(self._hooks, item, cleanup=True, keep=False)
+        else:
+            outcome = item.run()
         finished = self._clock()
         with self._lock:
+            if busy:
+                self._busy -= 1
             self._account(item, outcome, started, finished)
         if outcome is not None:
             item.publish(outcome)
@@ -532,6 +541,10 @@ class Pool:
     def _hand(self, worker: _Worker, item: _WorkItem) -> None:
         """Give a parked worker an item to run now (lock held)."""
         item.claim()
+        self._dispatch(worker, item)
+
+    def _dispatch(self, worker: _Worker, item: _WorkItem) -> None:
+        """Wake a parked worker with an item already claimed (lock held)."""
         self._unpark(worker)
         self._start(item)
         worker.inbox.put(item)
@@ -650,9 +663,7 @@ class Pool:
         if worker.parked and worker not in self._idle_pinned:
             item = self._next_homed(worker)
             if item is not None:
-                self._unpark(worker)
-                self._start(item)
-                worker.inbox.put(item)
+                self._dispatch(worker, item)
 
     def _next_waiting(self, worker: _Worker) -> Optional[_WorkItem]:
         """For a free worker: the oldest of the waiting lanes and shared items (lock held)."""
@@ -870,7 +881,7 @@ def _work(pool_ref: "weakref.ref[Pool]", worker: _Worker) -> None:
 def _overflow(pool: Pool) -> None:
     """The extra thread of ``Pool._overflow_if_stuck``: run waiting calls without affinity, each
     with its own connection cleanup, while every worker stays parked in a transaction."""
-    hooks, clock, lock = pool._hooks, pool._clock, pool._lock
+    hooks, lock = pool._hooks, pool._lock
     try:
         while True:
             with lock:
@@ -880,15 +891,8 @@ def _overflow(pool: Pool) -> None:
                 if item is None:  # a worker can take them again (or nothing waits)
                     return
                 pool._start(item)
-            started = clock()
-            outcome, _ = _call(hooks, item, cleanup=True, keep=False)
-            finished = clock()
-            with lock:
-                pool._busy -= 1
-                pool._account(item, outcome, started, finished)
-            if outcome is not None:
-                item.publish(outcome)
-            del item, outcome
+            pool._run_aside(item, cleanup=True, busy=True)
+            del item
     finally:
         _safely(hooks.thread_exit, None)
         with lock:

@@ -238,18 +238,18 @@ class Postgres:
         return sum(1 for _, name in self.backends() if name == app_name)
 
     def terminate_app(self, app_name: str) -> int:
-        rows = self.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = %s AND pid <> pg_backend_pid()",
-            (app_name,),
-        )
-        return len(rows)
+        return self._terminate("=", app_name)
 
     def terminate_like(self, pattern: str) -> int:
+        return self._terminate("LIKE", pattern)
+
+    def _terminate(self, match: str, value: str) -> int:
+        """Terminate the backends whose application_name ``match``-es ``value`` (= or LIKE)."""
         rows = self.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name LIKE %s AND pid <> pg_backend_pid()",
-            (pattern,),
+            f"WHERE datname = current_database() AND application_name {match} %s "
+            "AND pid <> pg_backend_pid()",
+            (value,),
         )
         return len(rows)
 
